@@ -1,0 +1,20 @@
+"""Test set-up: offline, deterministic, and gentle on a 2-core machine."""
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+# ATELIER_THREADS lets CI or a busy machine choose; 1 is safest beside other work.
+torch.set_num_threads(int(os.environ.get("ATELIER_THREADS", "1")))
+
+FIXTURES = ROOT / "tests" / "fixtures"
