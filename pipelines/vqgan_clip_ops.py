@@ -1,0 +1,473 @@
+"""Differentiable building blocks of the VQGAN+CLIP optimisation loop.
+
+The method is Katherine Crowson's VQGAN+CLIP notebook, as documented in nerdyrodent/VQGAN-CLIP
+``generate.py`` (commit 592d555; our notes are ``shared/reference/vqgan_clip.md`` sections 3, 5,
+6 and 8). Everything here is written from those notes; the goldens in
+``tests/fixtures/vqgan_clip_ops`` were produced by the original function bodies.
+
+Kept exactly (matched by golden tests):
+
+* :func:`replace_grad` / :func:`clamp_with_grad` gradient rules;
+* :func:`vector_quantize` returns exact codebook rows with an identity (straight-through)
+  gradient, unlike taming's ``z + (e - z).detach()`` which is only equal up to rounding;
+* :class:`PromptLoss`: ``|w| * mean(replace_grad(d_s, max(d_s, stop)))``, so ``stop`` only
+  affects the gradient, never the value;
+* :func:`resample`: Lanczos-2 prefilter on shrinking axes, then bicubic ``align_corners=True``;
+* random token initialisation and the per-channel codebook bounds for clamping z;
+* the cutout methods ``latest`` (default), ``original``, ``updated``, ``nrupdated`` and
+  ``updatedpooling`` with upstream's kornia augmentation parameters.
+
+Changed on purpose:
+
+* **Seedable randomness.** Upstream draws the initial tokens, crop sizes/offsets, kornia
+  augmentations and cutout noise from torch's global RNG (and seeds it only after z and the
+  image prompts exist, so those were not reproducible). Here every random function accepts a
+  ``torch.Generator``. kornia has no per-call generator, so :class:`MakeCutouts` forks the
+  global RNG state (``torch.random.fork_rng``), seeds it from one draw of the passed generator,
+  runs the augmentations and restores the global state: the caller's global RNG is untouched
+  and the result depends only on the generator.
+* :func:`vector_quantize` computes the code distances under ``no_grad`` (the indices carry no
+  gradient anyway) and gathers rows by index instead of a one-hot matmul; both give the exact
+  rows, and the golden check is bit-identical.
+* Arguments are validated with ``ValueError`` messages that list the allowed values.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "replace_grad",
+    "clamp_with_grad",
+    "vector_quantize",
+    "spherical_dist",
+    "PromptLoss",
+    "sinc",
+    "lanczos_kernel",
+    "ramp",
+    "resample",
+    "random_init_tokens",
+    "init_z_from_tokens",
+    "codebook_bounds",
+    "AUGMENT_CODES",
+    "CUT_METHODS",
+    "MakeCutouts",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient tricks
+# --------------------------------------------------------------------------------------------
+class _ReplaceGrad(torch.autograd.Function):
+    """Forward: the first tensor. Backward: the gradient goes to the second tensor."""
+
+    @staticmethod
+    def forward(ctx, forward_value: Tensor, backward_into: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.backward_shape = backward_into.shape
+        return forward_value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        # The second input may have been broadcast against the first; fold the gradient back.
+        return None, grad.sum_to_size(ctx.backward_shape)
+
+
+def replace_grad(forward_value: Tensor, backward_into: Tensor) -> Tensor:
+    """Value of ``forward_value``; gradient flows (unchanged) into ``backward_into``."""
+    return _ReplaceGrad.apply(forward_value, backward_into)
+
+
+class _ClampWithGrad(torch.autograd.Function):
+    """Clamp whose gradient passes wherever a descent step would move x toward the range."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, lo: float, hi: float) -> Tensor:  # type: ignore[override]
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x)
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        # Inside the range x - clamp(x) == 0, so the gradient always passes there. Outside,
+        # it passes only when -grad points back toward the range.
+        keep = grad * (x - x.clamp(ctx.lo, ctx.hi)) >= 0
+        return grad * keep, None, None
+
+
+def clamp_with_grad(x: Tensor, lo: float, hi: float) -> Tensor:
+    """``x.clamp(lo, hi)`` forward; backward passes g where ``g * (x - clamp(x)) >= 0``."""
+    return _ClampWithGrad.apply(x, lo, hi)
+
+
+# --------------------------------------------------------------------------------------------
+# Codebook helpers
+# --------------------------------------------------------------------------------------------
+def vector_quantize(x_channels_last: Tensor, codebook: Tensor) -> Tensor:
+    """Snap each ``[..., C]`` vector to its nearest codebook row, straight-through gradient.
+
+    Args:
+        x_channels_last: latent with channels last, e.g. ``z.movedim(1, 3)``.
+        codebook: ``[n_codes, C]``.
+    Returns:
+        Exact codebook rows, same shape as the input; the gradient reaches the input unchanged.
+    """
+    if x_channels_last.shape[-1] != codebook.shape[-1]:
+        raise ValueError(
+            f"vector_quantize: last input dim {x_channels_last.shape[-1]} != codebook dim "
+            f"{codebook.shape[-1]}"
+        )
+    with torch.no_grad():
+        # 1. Squared distances |x|^2 + |e|^2 - 2 x.e to every code.
+        x = x_channels_last.detach()
+        dist = (
+            x.pow(2).sum(dim=-1, keepdim=True)
+            + codebook.detach().pow(2).sum(dim=1)
+            - 2 * x @ codebook.detach().T
+        )
+        # 2. The nearest code per position.
+        indices = dist.argmin(dim=-1)
+    # 3. Exact rows forward, identity gradient backward.
+    quantized = codebook[indices].to(x_channels_last.dtype)
+    return replace_grad(quantized, x_channels_last)
+
+
+def random_init_tokens(n_tokens: int, n_codes: int, generator: torch.Generator) -> Tensor:
+    """``n_tokens`` uniform code ids in ``[0, n_codes)`` drawn from ``generator`` (not global RNG).
+
+    Seeded with the same number, this draws the same stream as upstream's
+    ``torch.manual_seed(s); torch.randint(n_codes, [n_tokens])``.
+    """
+    if n_tokens < 1 or n_codes < 1:
+        raise ValueError(f"n_tokens and n_codes must be >= 1, got {n_tokens} and {n_codes}")
+    return torch.randint(n_codes, (n_tokens,), generator=generator, device=generator.device)
+
+
+def init_z_from_tokens(tokens: Tensor, codebook: Tensor, toks_h: int, toks_w: int) -> Tensor:
+    """Initial latent ``[1, C, toks_h, toks_w]`` (contiguous) made of the given codebook rows.
+
+    Row-major token order: ``tokens[i * toks_w + j]`` is latent row i, column j.
+    """
+    # 1. Validate the token grid.
+    if tokens.numel() != toks_h * toks_w:
+        raise ValueError(
+            f"init_z_from_tokens: {tokens.numel()} tokens do not fill a {toks_h}x{toks_w} grid"
+        )
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook.shape[0]):
+        raise ValueError(f"init_z_from_tokens: token ids must lie in [0, {codebook.shape[0]})")
+    # 2. Gather rows (same values as upstream's one-hot @ codebook), then channels first.
+    rows = codebook[tokens.reshape(-1).to(codebook.device)]
+    return rows.reshape(1, toks_h, toks_w, codebook.shape[1]).permute(0, 3, 1, 2).contiguous()
+
+
+def codebook_bounds(codebook: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel (min, max) over all codebook rows, each ``[1, C, 1, 1]``; z is clamped to them."""
+    z_min = codebook.amin(dim=0)[None, :, None, None]
+    z_max = codebook.amax(dim=0)[None, :, None, None]
+    return z_min, z_max
+
+
+# --------------------------------------------------------------------------------------------
+# Spherical-distance prompt loss
+# --------------------------------------------------------------------------------------------
+def spherical_dist(x: Tensor, y: Tensor) -> Tensor:
+    """Squared great-circle distance / 2 between all pairs: ``[N, D] x [M, D] -> [N, M]``.
+
+    ``2 * arcsin(|x_hat - y_hat| / 2)^2`` equals ``theta^2 / 2`` with theta the angle.
+    """
+    x_hat = F.normalize(x.unsqueeze(1), dim=2)  # [N, 1, D]
+    y_hat = F.normalize(y.unsqueeze(0), dim=2)  # [1, M, D]
+    chord = (x_hat - y_hat).norm(dim=2)  # [N, M]
+    return chord.div(2).arcsin().pow(2).mul(2)
+
+
+class PromptLoss(nn.Module):
+    """Loss pulling the cutout embeddings toward ``embed`` (or pushing, with a negative weight).
+
+    Forward value ``weight * mean(d)``; a pair contributes gradient only while its signed
+    distance ``d * sign(weight)`` is above ``stop``.
+    """
+
+    def __init__(self, embed: Tensor, weight: float = 1.0, stop: float = float("-inf")) -> None:
+        super().__init__()
+        if embed.dim() != 2:
+            raise ValueError(f"PromptLoss: embed must be [M, D], got shape {tuple(embed.shape)}")
+        if not math.isfinite(float(weight)):
+            raise ValueError(f"PromptLoss: weight must be finite, got {weight}")
+        self.register_buffer("embed", embed.detach())
+        self.register_buffer("weight", torch.as_tensor(float(weight)))
+        self.register_buffer("stop", torch.as_tensor(float(stop)))
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch naming
+        # 1. All-pairs spherical distances [N, M].
+        dists = spherical_dist(input, self.embed)
+        # 2. Sign by the weight, so "closer" always means "smaller signed distance".
+        signed = dists * self.weight.sign()
+        # 3. Stop acts on the gradient only; value is |w| * mean(signed) = w * mean(d).
+        gated = replace_grad(signed, torch.maximum(signed, self.stop))
+        return self.weight.abs() * gated.mean()
+
+
+# --------------------------------------------------------------------------------------------
+# Lanczos resampling
+# --------------------------------------------------------------------------------------------
+def sinc(x: Tensor) -> Tensor:
+    """Normalised sinc, ``sin(pi x) / (pi x)`` with value 1 at 0."""
+    return torch.where(x != 0, torch.sin(math.pi * x) / (math.pi * x), x.new_ones([]))
+
+
+def lanczos_kernel(x: Tensor, a: float) -> Tensor:
+    """Lanczos-``a`` window sampled at ``x`` and normalised to sum 1."""
+    inside = (x > -a) & (x < a)
+    values = torch.where(inside, sinc(x) * sinc(x / a), x.new_zeros([]))
+    return values / values.sum()
+
+
+def ramp(ratio: float, width: float) -> Tensor:
+    """Symmetric sample positions ``k * ratio`` for the Lanczos kernel, endpoints dropped.
+
+    ``ramp(0.4, 2)`` gives 9 positions -1.6 ... 1.6.
+    """
+    # 1. Non-negative positions 0, r, 2r, ... (accumulated by repeated addition).
+    n = math.ceil(width / ratio + 1)
+    positions: list[float] = []
+    current = 0.0
+    for _ in range(n):
+        positions.append(current)
+        current += ratio
+    half = torch.tensor(positions)
+    # 2. Mirror to negative positions and drop the two outermost samples.
+    full = torch.cat([-half[1:].flip(0), half])
+    return full[1:-1]
+
+
+def _lowpass(x: Tensor, kernel: Tensor, dim: int) -> Tensor:
+    """1-D convolution of ``[B, 1, H, W]`` along H (dim=2) or W (dim=3), reflect padded."""
+    pad = (kernel.shape[0] - 1) // 2
+    if dim == 2:
+        x = F.pad(x, (0, 0, pad, pad), mode="reflect")
+        return F.conv2d(x, kernel[None, None, :, None])
+    x = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    return F.conv2d(x, kernel[None, None, None, :])
+
+
+def resample(input: Tensor, size: tuple[int, int], align_corners: bool = True) -> Tensor:  # noqa: A002
+    """Resize ``[N, C, H, W]`` to ``size``: Lanczos-2 prefilter on shrinking axes, then bicubic."""
+    n, c, h, w = input.shape
+    out_h, out_w = size
+    x = input.reshape(n * c, 1, h, w)
+    # 1. Low-pass vertically when the height shrinks.
+    if out_h < h:
+        kernel = lanczos_kernel(ramp(out_h / h, 2), 2).to(x.device, x.dtype)
+        x = _lowpass(x, kernel, dim=2)
+    # 2. Low-pass horizontally when the width shrinks.
+    if out_w < w:
+        kernel = lanczos_kernel(ramp(out_w / w, 2), 2).to(x.device, x.dtype)
+        x = _lowpass(x, kernel, dim=3)
+    # 3. Bicubic interpolation to the exact size.
+    x = x.reshape(n, c, h, w)
+    return F.interpolate(x, size=(out_h, out_w), mode="bicubic", align_corners=align_corners)
+
+
+# --------------------------------------------------------------------------------------------
+# Cutouts
+# --------------------------------------------------------------------------------------------
+AUGMENT_CODES: tuple[str, ...] = ("Ji", "Sh", "Gn", "Pe", "Ro", "Af", "Et", "Ts", "Cr", "Er", "Re")
+CUT_METHODS: tuple[str, ...] = ("latest", "original", "updated", "nrupdated", "updatedpooling")
+_MAX_CUTN = 256
+
+
+def _augment_from_code(code: str, cut_size: int, method: str) -> nn.Module:
+    """The kornia augmentation for one ``-aug`` code (reference §8 table)."""
+    import kornia.augmentation as K
+
+    nr = method == "nrupdated"  # nrupdated uses slightly different Pe/Af parameters
+    if code == "Ji":
+        return K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7)
+    if code == "Sh":
+        return K.RandomSharpness(sharpness=0.3, p=0.5)
+    if code == "Gn":
+        return K.RandomGaussianNoise(mean=0.0, std=1.0, p=0.5)
+    if code == "Pe":
+        return K.RandomPerspective(distortion_scale=0.5 if nr else 0.7, p=0.7)
+    if code == "Ro":
+        return K.RandomRotation(degrees=15, p=0.7)
+    if code == "Af":
+        return K.RandomAffine(
+            degrees=30 if nr else 15, translate=(0.1, 0.1), shear=5, p=0.7,
+            padding_mode="zeros", keepdim=True,
+        )
+    if code == "Et":
+        return K.RandomElasticTransform(p=0.7)
+    if code == "Ts":
+        return K.RandomThinPlateSpline(scale=0.8, same_on_batch=True, p=0.7)
+    if code == "Cr":
+        return K.RandomCrop(
+            size=(cut_size, cut_size), pad_if_needed=True, padding_mode="reflect", p=0.5
+        )
+    if code == "Er":
+        return K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=True, p=0.7)
+    if code == "Re":
+        return K.RandomResizedCrop(
+            size=(cut_size, cut_size), scale=(0.1, 1.0), ratio=(0.75, 1.333),
+            cropping_mode="resample", p=0.5,
+        )
+    raise ValueError(f"unknown augmentation code {code!r}; valid codes: {', '.join(AUGMENT_CODES)}")
+
+
+def _fixed_augments(method: str) -> list[nn.Module]:
+    """The hard-wired augmentation lists of ``updated`` and ``updatedpooling``."""
+    import kornia.augmentation as K
+
+    if method == "updated":
+        return [
+            K.RandomHorizontalFlip(p=0.5),
+            K.ColorJitter(hue=0.01, saturation=0.01, p=0.7),
+            K.RandomSharpness(sharpness=0.3, p=0.4),
+            K.RandomAffine(degrees=30, translate=(0.1, 0.1), p=0.8, padding_mode="border"),
+            K.RandomPerspective(distortion_scale=0.2, p=0.4),
+        ]
+    return [  # updatedpooling
+        K.RandomAffine(degrees=15, translate=(0.1, 0.1), p=0.7, padding_mode="border"),
+        K.RandomPerspective(distortion_scale=0.7, p=0.7),
+        K.ColorJitter(hue=0.1, saturation=0.1, p=0.7),
+        K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=True, p=0.7),
+    ]
+
+
+def _normalise_codes(augments: Sequence[str] | str) -> list[str]:
+    """Accept ``['Af', 'Pe']`` or ``'Af,Pe'`` / ``'Af Pe'``."""
+    if isinstance(augments, str):
+        return [a for a in augments.replace(",", " ").split() if a]
+    return [str(a).strip() for a in augments]
+
+
+class MakeCutouts(nn.Module):
+    """Turn the generated image into ``cutn`` CLIP-sized views (reference §8).
+
+    Methods:
+        ``latest`` (default): the whole image pooled to ``cut_size`` by
+        (adaptive avg + adaptive max) / 2, repeated ``cutn`` times, then the ``augments`` and
+        per-cutout noise. ``cut_pow`` is unused.
+        ``original``: random square crops, size ``int(u**cut_pow * (max - min) + min)``,
+        resampled, ``clamp_with_grad`` to [0, 1]; no augmentation, no noise.
+        ``updated``: random crops + upstream's fixed augmentation list + noise.
+        ``nrupdated``: random crops + ``augments`` (Pe 0.5, Af 30 degrees) + noise.
+        ``updatedpooling``: pooled like ``latest`` + a fixed augmentation list + noise.
+
+    Noise: cutout k gets ``s_k * N(0, 1)`` with ``s_k ~ U(0, noise_fac)``; no clamp follows.
+
+    Randomness: with a ``generator``, draws happen in this order: crop sizes/offsets, one
+    seed for the augmentations (run inside a forked, re-seeded global RNG because kornia has
+    no generator argument), then the noise. Without one, torch's global RNG is used, as
+    upstream does.
+    """
+
+    def __init__(
+        self,
+        cut_size: int,
+        cutn: int,
+        cut_pow: float = 1.0,
+        method: str = "latest",
+        augments: Sequence[str] = ("Af", "Pe", "Ji", "Er"),
+        noise_fac: float = 0.1,
+    ) -> None:
+        super().__init__()
+        # 1. Validate.
+        if method not in CUT_METHODS:
+            raise ValueError(f"unknown cut method {method!r}; choose one of: {', '.join(CUT_METHODS)}")
+        if int(cut_size) != cut_size or cut_size < 1:
+            raise ValueError(f"cut_size must be a positive whole number, got {cut_size}")
+        if int(cutn) != cutn or not 1 <= cutn <= _MAX_CUTN:
+            raise ValueError(f"cutn must be a whole number from 1 to {_MAX_CUTN}, got {cutn}")
+        if not (math.isfinite(cut_pow) and cut_pow > 0):
+            raise ValueError(f"cut_pow must be a positive number, got {cut_pow}")
+        if not (math.isfinite(noise_fac) and noise_fac >= 0):
+            raise ValueError(f"noise_fac must be a number >= 0, got {noise_fac}")
+        codes = _normalise_codes(augments)
+        unknown = [c for c in codes if c not in AUGMENT_CODES]
+        if unknown:
+            raise ValueError(
+                f"unknown augmentation code(s) {', '.join(map(repr, unknown))}; "
+                f"valid codes: {', '.join(AUGMENT_CODES)}"
+            )
+        self.cut_size = int(cut_size)
+        self.cutn = int(cutn)
+        self.cut_pow = float(cut_pow)
+        self.method = method
+        self.noise_fac = float(noise_fac)
+        self.augment_codes = tuple(codes)
+        # 2. Build the augmentation chain for this method (kornia imported lazily).
+        if method == "original":
+            augs: list[nn.Module] = []
+        elif method in ("updated", "updatedpooling"):
+            augs = _fixed_augments(method)
+        else:
+            augs = [_augment_from_code(c, self.cut_size, method) for c in codes]
+        self.augs = nn.Sequential(*augs)
+
+    # -- pieces of forward ---------------------------------------------------------------
+    def _pooled(self, image: Tensor) -> Tensor:
+        size = (self.cut_size, self.cut_size)
+        pooled = (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
+        return pooled.expand(self.cutn, -1, -1, -1).contiguous()
+
+    def _random_crops(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        side_y, side_x = image.shape[2], image.shape[3]
+        max_size = min(side_x, side_y)
+        min_size = min(side_x, side_y, self.cut_size)
+        rng_device = generator.device if generator is not None else torch.device("cpu")
+        cutouts = []
+        for _ in range(self.cutn):
+            u = torch.rand([], generator=generator, device=rng_device)
+            size = int(u**self.cut_pow * (max_size - min_size) + min_size)
+            off_x = int(torch.randint(0, side_x - size + 1, (), generator=generator, device=rng_device))
+            off_y = int(torch.randint(0, side_y - size + 1, (), generator=generator, device=rng_device))
+            crop = image[:, :, off_y : off_y + size, off_x : off_x + size]
+            cutouts.append(resample(crop, (self.cut_size, self.cut_size)))
+        return torch.cat(cutouts, dim=0)
+
+    def _augment(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        if len(self.augs) == 0:
+            return batch
+        if generator is None:
+            return self.augs(batch)
+        # kornia samples from torch's global RNG: fork it, seed it from our generator, run,
+        # and let fork_rng restore the caller's global state afterwards.
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        devices = [batch.device] if batch.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.random.default_generator.manual_seed(seed)
+            if devices:
+                with torch.cuda.device(batch.device):
+                    torch.cuda.manual_seed(seed)
+            return self.augs(batch)
+
+    def _add_noise(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
+        if self.noise_fac == 0:
+            return batch
+        rng_device = generator.device if generator is not None else batch.device
+        facs = torch.rand([self.cutn, 1, 1, 1], generator=generator, device=rng_device, dtype=batch.dtype)
+        noise = torch.randn(batch.shape, generator=generator, device=rng_device, dtype=batch.dtype)
+        return batch + (facs * self.noise_fac * noise).to(batch.device)
+
+    def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``[1, 3, H, W]`` image in [0, 1] -> ``[cutn, 3, cut_size, cut_size]`` (differentiable)."""
+        # 1. Check the input.
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise ValueError(f"MakeCutouts expects an image of shape [1, 3, H, W], got {tuple(image.shape)}")
+        # 2. Pooled whole image or random crops.
+        if self.method in ("latest", "updatedpooling"):
+            batch = self._pooled(image)
+        else:
+            batch = self._random_crops(image, generator)
+        # 3. "original": clamp, no augmentation or noise.
+        if self.method == "original":
+            return clamp_with_grad(batch, 0.0, 1.0)
+        # 4. Augmentations, then per-cutout noise.
+        batch = self._augment(batch, generator)
+        return self._add_noise(batch, generator)
