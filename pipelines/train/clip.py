@@ -1,0 +1,181 @@
+"""Train the built-in shapes CLIP: a tiny transformers CLIPModel on shapes scenes.
+
+    python -m pipelines.train.clip --out presets/weights/shapes-clip --steps 2500
+
+1. A byte-level BPE text tokenizer is trained with the `tokenizers` library on the
+   captions, using the pipeline of CLIP's own tokenizer, and saved as a standard
+   `CLIPTokenizer`, so the folder loads like `openai/clip-vit-base-patch32`.
+2. The model is trained with the symmetric contrastive loss of CLIP on (image,
+   caption) pairs from the shapes stream (held-out colour+shape pairs excluded).
+   Images get mild per-pixel noise, as VQGAN+CLIP cutouts do.
+3. `evaluate` reports text-to-image R@1 among 100 fresh scenes, on captions that
+   state every optional part (so one caption fits one image), for seen and for
+   held-out colour+shape pairs, plus the same for the stream's short captions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines import shapes
+from pipelines.models.clip import CLIP, load_clip, save_clip
+from pipelines.train import common
+
+log = logging.getLogger("atelier.train.clip")
+
+SIZE = 32
+EVAL_SEED = 20_000
+
+
+def train_tokenizer(n_captions: int = 20_000, vocab_size: int = 600, seed: int = 0):
+    """A CLIPTokenizer whose BPE vocabulary is learnt from shapes captions (all pairs, held-out too:
+    the words are all seen in training, only their combinations are held out)."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    rng = np.random.default_rng(seed)
+    captions = [shapes.random_scene(rng, exclude=frozenset()).caption() for _ in range(n_captions)]
+    empty = CLIPTokenizer()  # CLIP's normaliser, pre-tokenizer and specials, no vocabulary yet
+    backend = empty.backend_tokenizer
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    backend.train_from_iterator(captions, trainer)
+    model = json.loads(backend.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    vocab = dict(model["vocab"])
+    # every byte alone and word-final, as in CLIP's own vocabulary: no text ever maps to the
+    # unknown token (which is <|endoftext|>, where CLIP pools the sentence)
+    for ch in pre_tokenizers.ByteLevel.alphabet():
+        for tok in (ch, ch + "</w>"):
+            vocab.setdefault(tok, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def build_clip(tokenizer) -> CLIP:
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                          num_attention_heads=4, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    # 32 px images in 4x4 patches: 64 patch tokens + CLS
+    vision = CLIPVisionConfig(image_size=SIZE, patch_size=4, hidden_size=128, intermediate_size=512,
+                              num_hidden_layers=4, num_attention_heads=4)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=128)
+    return CLIP(CLIPModel(config), tokenizer)
+
+
+def to_pixels(batch_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(batch_u8)).permute(0, 3, 1, 2).float().div(255)
+
+
+def _scenes(rng, n, held_out: bool, full: bool):
+    """n scenes with every optional part stated (full) or stream-style; held-out ones use a held-out pair."""
+    out = []
+    while len(out) < n:
+        if full:
+            s = shapes.full_caption_scene(rng, exclude=frozenset() if held_out else shapes.HELD_OUT)
+        else:
+            s = shapes.random_scene(rng, exclude=frozenset() if held_out else shapes.HELD_OUT)
+        has_held = any((o.color, o.shape) in shapes.HELD_OUT for o in s.objects)
+        if has_held == held_out:
+            out.append(s)
+    return out
+
+
+@torch.no_grad()
+def recall_at_1(clip: CLIP, scenes, rng) -> float:
+    imgs = np.stack([np.asarray(shapes.render(s, SIZE, rng)) for s in scenes])
+    img = F.normalize(clip.encode_image(to_pixels(imgs)), dim=-1)
+    txt = F.normalize(clip.encode_text([s.caption() for s in scenes]), dim=-1)
+    return float((txt @ img.t()).argmax(dim=1).eq(torch.arange(len(scenes))).float().mean())
+
+
+@torch.no_grad()
+def evaluate(clip: CLIP, rounds: int = 5) -> dict:
+    """Text-to-image R@1 among 100 candidates, averaged over `rounds` sets of fresh scenes."""
+    clip.eval()
+    out = {}
+    for name, held, full in [("r1_seen_full", False, True), ("r1_heldout_full", True, True),
+                             ("r1_seen_stream", False, False)]:
+        vals = []
+        for r in range(rounds):
+            rng = np.random.default_rng([EVAL_SEED, r, held, full])
+            vals.append(recall_at_1(clip, _scenes(rng, 100, held, full), rng))
+        out[name] = round(float(np.mean(vals)), 3)
+    return out
+
+
+def train(args) -> None:
+    accelerator, run_dir = common.setup(args, "clip")
+    tokenizer = train_tokenizer(seed=args.seed)
+    clip = build_clip(tokenizer)
+    log.info("CLIP with %d parameters, vocabulary %d", sum(p.numel() for p in clip.parameters()), len(tokenizer))
+    decay = [p for n, p in clip.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in clip.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+    start = 0
+    if args.resume and (run_dir / "checkpoint.pt").exists():
+        start, _ = common.load_checkpoint(run_dir, clip, opt)
+        log.info("resumed at step %d", start)
+    clip, opt = accelerator.prepare(clip, opt)
+    raw = accelerator.unwrap_model(clip)
+    metrics = common.MetricLog(run_dir)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    for step in range(start, args.steps):
+        raw.train()
+        for g in opt.param_groups:
+            g["lr"] = common.cosine_lr(step, args.steps, args.lr)
+        imgs, captions = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
+        pixels = to_pixels(imgs)
+        # 1. mild noise, like the cutouts of VQGAN+CLIP see
+        pixels = pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
+        # 2. symmetric InfoNCE over the batch
+        img = F.normalize(raw.encode_image(pixels.to(accelerator.device)), dim=-1)
+        txt = F.normalize(raw.encode_text(captions), dim=-1)
+        logits = raw.model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+        # identical captions in one batch are true matches too: spread the target over them
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        target = same / same.sum(1, keepdim=True)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        if (step + 1) % args.log_every == 0:
+            acc = (logits.argmax(1) == torch.arange(len(logits))).float().mean()
+            metrics.write(step + 1, loss=loss.item(), batch_acc=acc.item(), scale=raw.model.logit_scale.exp().item(),
+                          lr=opt.param_groups[0]["lr"])
+        if (step + 1) % args.sample_every == 0:
+            metrics.write(step + 1, **evaluate(raw, rounds=1))
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run_dir, step + 1, raw, opt)
+
+    raw.eval()
+    save_clip(raw, args.out)
+    result = evaluate(raw)
+    common.write_record(Path(args.out), args, result, parameters=sum(p.numel() for p in raw.parameters()))
+    log.info("final: %s", json.dumps(result))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(p)
+    p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
+    args = p.parse_args(argv)
+    if args.eval_only:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(evaluate(load_clip(args.out)), indent=2))
+        return
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What every training command shares: threads, seeds, run records, checkpoints, sample grids.
+
+Each trainer is `python -m pipelines.train.<model> --out DIR ...`. It trains through
+`accelerate`, so `accelerate launch -m pipelines.train.<model>` scales the same code to
+many GPUs; on this CPU it runs as a plain process. A run directory holds:
+  checkpoint.pt   model + optimiser + step, for --resume (not committed)
+  log.jsonl       one line of metrics every --log-every steps
+  samples_*.png   sample grids written while training
+and the exported weights folder gets `train.json` with the exact command, seed and metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("atelier.train")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="export folder for the trained weights")
+    p.add_argument("--run-dir", default=None, help="checkpoints, logs and sample grids (default: runs/<name>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("ATELIER_THREADS", "1")),
+                   help="torch CPU threads; 1 is fastest beside other busy processes")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
+
+
+def setup(args, name: str):
+    """Threads, logging, run dir and an Accelerator; returns (accelerator, run_dir)."""
+    from accelerate import Accelerator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # only the initial weights draw from the global RNG
+    run_dir = Path(args.run_dir or f"runs/{name}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Accelerator(cpu=not torch.cuda.is_available()), run_dir
+
+
+def batch_rng(seed: int, step: int) -> np.random.Generator:
+    """The data of step k depends only on (seed, k), so a resumed run sees the same batches."""
+    return np.random.default_rng([seed, step])
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.05) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, t))))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, opt, extra: dict | None = None) -> None:
+    tmp = run_dir / "checkpoint.pt.tmp"
+    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "extra": extra or {}}, tmp)
+    tmp.replace(run_dir / "checkpoint.pt")
+
+
+def load_checkpoint(run_dir: Path, model, opt) -> tuple[int, dict]:
+    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    return ck["step"], ck["extra"]
+
+
+class MetricLog:
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "log.jsonl"
+        self.t0 = time.time()
+
+    def write(self, step: int, **metrics) -> None:
+        rec = {"step": step, "elapsed_s": round(time.time() - self.t0, 1), **{k: round(float(v), 5) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        log.info(" ".join(f"{k}={v}" for k, v in rec.items()))
+
+
+def command_line() -> str:
+    return "python -m " + shlex.join([sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else sys.argv[0], *sys.argv[1:]])
+
+
+def write_record(out: Path, args, metrics: dict, **extra) -> None:
+    """train.json next to the weights: how to make them again, and how good they are."""
+    rec = {"command": command_line(), "seed": args.seed, "steps": args.steps, "batch": args.batch,
+           "threads": args.threads, "torch": torch.__version__, "metrics": metrics, **extra}
+    (Path(out) / "train.json").write_text(json.dumps(rec, indent=2))
+
+
+def save_grid(rows: list[np.ndarray], path: Path, scale: int = 4) -> None:
+    """Rows of uint8 (N, H, W, 3) images tiled into one PNG, enlarged with nearest-neighbour."""
+    from PIL import Image
+
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    img = Image.fromarray(grid)
+    img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(path)
