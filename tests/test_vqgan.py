@@ -123,3 +123,24 @@ def test_real_architectures_match_reference_key_list():
 def test_size_check_message(model):
     with pytest.raises(ValueError, match="multiples of 2"):
         model.encode(torch.zeros(1, 3, 31, 32))
+
+
+def test_synth_matches_vqgan_clip_golden(model):
+    """decode(vector_quantize(z)) through clamp_with_grad, value and gradient (vqgan_clip_ops goldens)."""
+    from pipelines.vqgan_clip_ops import clamp_with_grad, vector_quantize
+
+    g = load_file(str(FIXTURES / "vqgan_clip_ops" / "golden_ops.safetensors"))
+    z = load_file(str(TINY / "golden.safetensors"))["h"].clone().requires_grad_(True)
+    w = torch.linspace(-1, 1, 6144).reshape(2, 3, 32, 32)
+    # 1. exactly as generate.py: the non-contiguous z_q straight into post_quant_conv
+    z_q = vector_quantize(z.movedim(1, 3), model.codebook).movedim(3, 1)
+    out = clamp_with_grad(model.decoder(model.post_quant_conv(z_q)).add(1).div(2), 0, 1)
+    torch.testing.assert_close(out, g["synth_out"], atol=ATOL, rtol=0)
+    (out * w).sum().backward()
+    torch.testing.assert_close(z.grad, g["synth_grad_z"], atol=ATOL, rtol=0)
+    # 2. our decode() makes z_q contiguous first; oneDNN then picks another kernel (|grad| up to 3.9)
+    z.grad = None
+    out = clamp_with_grad(model.decode(vector_quantize(z.movedim(1, 3), model.codebook).movedim(3, 1)).add(1).div(2), 0, 1)
+    (out * w).sum().backward()
+    torch.testing.assert_close(out, g["synth_out"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(z.grad, g["synth_grad_z"], atol=2e-5, rtol=0)

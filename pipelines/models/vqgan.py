@@ -71,10 +71,11 @@ class AttnBlock(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         h = self.norm(x)
-        # (B, 1, N, C) with N = H*W in row-major order; one head of width C
-        q, k, v = (t(h).reshape(B, 1, C, H * W).transpose(2, 3) for t in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, N, C)
-        out = out.transpose(2, 3).reshape(B, C, H, W)
+        q = self.q(h).reshape(B, C, H * W).permute(0, 2, 1)  # (B, N, C), N = H*W in row-major order
+        k = self.k(h).reshape(B, C, H * W)                    # (B, C, N)
+        v = self.v(h).reshape(B, C, H * W)                    # (B, C, N)
+        attn = torch.softmax(torch.bmm(q, k) * C ** -0.5, dim=2)  # (B, N_query, N_key)
+        out = torch.bmm(v, attn.permute(0, 2, 1)).reshape(B, C, H, W)  # out[c, i] = sum_j v[c, j] attn[i, j]
         return x + self.proj_out(out)
 
 
