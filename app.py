@@ -1,0 +1,25 @@
+"""Atelier: launch the studio. `python app.py`, then open http://127.0.0.1:7860.
+
+Hugging Face Spaces imports this file and serves `demo`. Nothing here touches the
+network: analytics, telemetry and share links are off, and the built-in presets
+load from presets/weights/.
+"""
+import os
+
+# before gradio is imported: no analytics, no telemetry, no hub look-ups for built-in presets
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from pipelines.zerogpu import ON_SPACES  # noqa: E402  (imports `spaces` first where it exists)
+from pipelines.registry import Registry  # noqa: E402
+from ui.app import build_demo  # noqa: E402
+from ui.common import CSS  # noqa: E402
+
+registry = Registry()
+demo = build_demo(registry)
+
+if __name__ == "__main__":
+    import gradio as gr
+
+    demo.launch(css=CSS, theme=gr.themes.Default(), footer_links=["api", "gradio"], share=False,
+                max_file_size="20mb", allowed_paths=[], ssr_mode=False if not ON_SPACES else None)

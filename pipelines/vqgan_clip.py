@@ -1,0 +1,352 @@
+"""VQGAN+CLIP: optimise VQGAN latents until CLIP sees the prompts in the picture.
+
+The method is Katherine Crowson's notebook as packaged by nerdyrodent/VQGAN-CLIP
+(`generate.py`; our notes: shared/reference/vqgan_clip.md). One iteration:
+
+    z      latent grid (1, C, h, w), the only thing optimised
+    z_q    = vector_quantize(z)                      exact codebook rows, identity gradient
+    x      = clamp_with_grad((decode(z_q) + 1) / 2)  image in [0, 1]
+    cuts   = make_cutouts(x)                          (cutn, 3, s, s) at CLIP's input size
+    loss   = sum_p  w_p * mean(spherical_dist(clip(cuts), e_p))  [+ init term]
+    step the optimiser on z, then clamp z to the codebook's per-channel range
+
+Where Atelier differs from the reference, on purpose:
+  - the seed fixes the whole run: initial tokens, image-prompt cutouts, noise prompts
+    and every augmentation draw from one per-request torch.Generator (the reference
+    seeds only after z and the image prompts exist);
+  - the init-image term pulls z towards the encoded init image (the reference compares
+    z with zeros; its z_orig version is commented out), decaying as 1/(2i+1) as there;
+  - story mode (`^` phases) replaces the text prompts only; image and noise prompts stay;
+  - previews reuse the image of the iteration's forward pass (no extra decoder pass).
+
+Command line: `python -m pipelines.vqgan_clip "a red circle:1 | on a blue background:0.5"`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines import __version__, media
+from pipelines import prompts as P
+from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.presets import load_preset
+from pipelines.vqgan_clip_ops import (AUGMENT_CODES, CUT_METHODS, MakeCutouts, PromptLoss, clamp_with_grad,
+                                      codebook_bounds, init_z_from_tokens, random_init_tokens, vector_quantize)
+
+log = logging.getLogger(__name__)
+
+ENGINE = "vqgan_clip"
+OPTIMISERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "Adagrad": torch.optim.Adagrad,
+              "Adamax": torch.optim.Adamax, "RAdam": torch.optim.RAdam, "RMSprop": torch.optim.RMSprop}
+MAX_ITERATIONS = 5000     # more is capped, with a notice
+MAX_SIDE = 1024           # pixels per side; memory grows with the area
+MAX_CUTN = 128
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    image: Image.Image
+    weight: float = 1.0
+    stop: float = float("-inf")
+    name: str = "image"
+
+
+@dataclass(frozen=True)
+class VQGANCLIPRequest:
+    prompt: str = ""                               # "text:weight:stop | ... ^ next phase"
+    preset: str = "shapes"
+    image_prompts: tuple[ImagePrompt, ...] = ()    # target images
+    noise_prompts: tuple[tuple[int, float], ...] = ()  # (seed, weight)
+    init_image: Image.Image | None = None
+    init_weight: float = 0.0
+    seed: int = 0
+    width: int = 32
+    height: int = 32
+    iterations: int = 150
+    lr: float = 0.1
+    optimiser: str = "Adam"
+    cutn: int = 16
+    cut_pow: float = 1.0
+    cut_method: str = "latest"
+    augments: tuple[str, ...] = ("Af", "Pe")
+    preview_every: int = 5                         # 0 = no previews (and no video frames)
+    change_prompt_every: int = 0                   # story mode: next '^' phase every N iterations
+
+    def replace(self, **kw) -> "VQGANCLIPRequest":
+        return dataclasses.replace(self, **kw)
+
+
+def _number(name: str, value, lo: float, hi: float, integer: bool = False) -> float:
+    """A finite number in [lo, hi], or a ValueError naming the allowed range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(v) or v < lo or v > hi or (integer and v != int(v)):
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g} (got {value!r})")
+    return int(v) if integer else v
+
+
+def validate(req: VQGANCLIPRequest, factor: int) -> tuple[VQGANCLIPRequest, list[list[P.WeightedPrompt]], list[str]]:
+    """Check every field; return the request (iterations capped), the parsed story, and notices."""
+    notices = []
+    phases = P.parse_prompts(req.prompt) if (req.prompt.strip() or not (req.image_prompts or req.noise_prompts)) else [[]]
+    _number("Seed", req.seed, 0, 2**63 - 1, integer=True)
+    for name, v in (("Width", req.width), ("Height", req.height)):
+        _number(name, v, factor, MAX_SIDE, integer=True)
+        if int(v) % factor:
+            raise ValueError(f"{name} must be a multiple of {factor} for this VQGAN (got {v}; "
+                             f"try {max(factor, int(v) // factor * factor)}).")
+    iters = _number("Iterations", req.iterations, 1, float("inf"), integer=True)
+    if iters > MAX_ITERATIONS:
+        notices.append(f"Iterations capped at {MAX_ITERATIONS} (asked for {iters}).")
+        req = req.replace(iterations=MAX_ITERATIONS)
+    _number("Learning rate", req.lr, 1e-5, 10)
+    _number("Cutouts", req.cutn, 1, MAX_CUTN, integer=True)
+    _number("Cut power", req.cut_pow, 0.01, 10)
+    _number("Init weight", req.init_weight, 0, 1e4)
+    _number("Preview every", req.preview_every, 0, 10**6, integer=True)
+    _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
+    if req.optimiser not in OPTIMISERS:
+        raise ValueError(f"Optimiser must be one of {', '.join(OPTIMISERS)} (got {req.optimiser!r})")
+    if req.cut_method not in CUT_METHODS:
+        raise ValueError(f"Cutout method must be one of {', '.join(CUT_METHODS)} (got {req.cut_method!r})")
+    bad = [a for a in req.augments if a not in AUGMENT_CODES]
+    if bad:
+        raise ValueError(f"Unknown augmentation {', '.join(bad)}; choose from {', '.join(AUGMENT_CODES)}")
+    for ip in req.image_prompts:
+        _number(f"Weight of {ip.name}", ip.weight, -1e4, 1e4)
+    for s, w in req.noise_prompts:
+        _number("Noise prompt weight", w, -1e4, 1e4)
+    if all(p.weight == 0 for ph in phases for p in ph) and all(ip.weight == 0 for ip in req.image_prompts) \
+            and all(w == 0 for _, w in req.noise_prompts):
+        raise ValueError("All prompt weights are zero: give at least one prompt a non-zero weight.")
+    return req, phases, notices
+
+
+def _settings(req: VQGANCLIPRequest) -> dict:
+    """The request as plain JSON data; images become names and digests."""
+    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
+    d["image_prompts"] = [{"name": ip.name, "weight": ip.weight, "stop": ip.stop, "digest": media.image_digest(ip.image)}
+                          for ip in req.image_prompts]
+    d["noise_prompts"] = [list(p) for p in req.noise_prompts]
+    d["init_image"] = media.image_digest(req.init_image) if req.init_image is not None else None
+    d["augments"] = list(req.augments)
+    return d
+
+
+def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
+    t0 = time.perf_counter()
+    preset = load_preset(req.preset)
+    with registry.use(preset.components["vqgan"], preset.components["clip"]) as (vqgan, clip):
+        req, phases, notices = validate(req, vqgan.factor)
+        device = registry.device
+        gen = torch.Generator().manual_seed(int(req.seed))
+        H, W = int(req.height), int(req.width)
+        toks_h, toks_w = H // vqgan.factor, W // vqgan.factor
+        codebook = vqgan.codebook.detach().float()
+        z_min, z_max = (b.to(device) for b in codebook_bounds(codebook))
+        cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments)
+
+        # 1. initial latents: an encoded init image, or random codebook rows (seeded)
+        if req.init_image is not None:
+            init = req.init_image.convert("RGB").resize((W, H), Image.Resampling.LANCZOS)
+            x_init = _pil_to_tensor(init).mul(2).sub(1).to(device)  # [-1, 1]
+            with torch.no_grad():
+                z = vqgan.encode(x_init)[0].float()
+        else:
+            tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
+            z = init_z_from_tokens(tokens, codebook, toks_h, toks_w).to(device)
+        z_init = z.detach().clone()
+        z = z.detach().clone().requires_grad_(True)
+        opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
+
+        # 2. targets: text, image and noise prompts
+        def synth(z):
+            z_q = vector_quantize(z.movedim(1, 3), codebook.to(z.dtype)).movedim(3, 1)
+            return clamp_with_grad(vqgan.decode(z_q).float().add(1).div(2), 0, 1)
+
+        def text_losses(phase):
+            if not phase:
+                return []
+            with torch.no_grad():
+                emb = clip.encode_text([p.text for p in phase]).float()
+            return [(f"loss/{p.text}", PromptLoss(emb[k:k + 1], p.weight, p.stop)) for k, p in enumerate(phase)]
+
+        extra = []
+        for ip in req.image_prompts:
+            img = ip.image.convert("RGB")
+            scale = math.sqrt(W * H / (img.width * img.height))  # same area as the output, aspect kept
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+            x_img = _pil_to_tensor(img).to(device)
+            with torch.no_grad():
+                emb = clip.encode_image(cutouts(x_img, gen)).float()
+            extra.append((f"loss/{ip.name}", PromptLoss(emb, ip.weight, ip.stop)))
+        for seed, weight in req.noise_prompts:
+            emb = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(int(seed))).to(device)
+            extra.append((f"loss/noise {seed}", PromptLoss(emb, weight)))
+
+        phase_index = 0
+        losses = text_losses(phases[0]) + extra
+        frames_meta = {"previews": 0}
+        total = int(req.iterations)
+        done = 0
+        for note in notices:
+            yield Step(ENGINE, "optimise", 0, total, notice=note)
+
+        # 3. the optimisation loop
+        for i in range(total):
+            k = P.phase_at(phases, i, int(req.change_prompt_every))
+            notice = None
+            if k != phase_index:
+                phase_index, losses = k, text_losses(phases[k]) + extra
+                notice = f"Story phase {k + 1}: " + " | ".join(p.text for p in phases[k])
+            opt.zero_grad(set_to_none=True)
+            x = synth(z)
+            embeds = clip.encode_image(cutouts(x, gen)).float()
+            terms = {name: fn(embeds) for name, fn in losses}
+            if req.init_weight:
+                terms["loss/init"] = F.mse_loss(z, z_init) * req.init_weight / (2 * (2 * i + 1))
+            loss = sum(terms.values())
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+            done = i + 1
+            previews = {}
+            if req.preview_every and (i % int(req.preview_every) == 0 or done == total):
+                previews["current"] = media.to_pil(x[0].detach(), value_range=(0, 1))
+                frames_meta["previews"] += 1
+            yield Step(ENGINE, "optimise", done, total, previews=previews,
+                       metrics={"loss": float(loss), **{n: float(v) for n, v in terms.items()}},
+                       elapsed_s=time.perf_counter() - t0, notice=notice)
+            if should_stop():
+                break
+
+        # 4. the final image from the last z
+        with torch.no_grad():
+            final = media.to_pil(synth(z)[0], value_range=(0, 1))
+        meta = {
+            "engine": ENGINE, "app_version": __version__, "preset": preset.name,
+            "models": registry.describe(preset.components["vqgan"], preset.components["clip"]),
+            "settings": _settings(req), "iterations_done": done, "stopped": done < total,
+            "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+        }
+    yield Final(ENGINE, [final], meta, stopped=done < total)
+
+
+def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) float in [0, 1]."""
+    import numpy as np
+
+    return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
+
+
+def request_from_settings(settings: dict, **overrides) -> VQGANCLIPRequest:
+    """Rebuild a request from the `settings` stored in an image's metadata (images are not stored)."""
+    fields = {f.name for f in dataclasses.fields(VQGANCLIPRequest)}
+    kw = {k: v for k, v in settings.items() if k in fields and k not in ("image_prompts", "init_image")}
+    kw["augments"] = tuple(kw.get("augments", ()))
+    kw["noise_prompts"] = tuple(tuple(p) for p in kw.get("noise_prompts", ()))
+    return VQGANCLIPRequest(**{**kw, **overrides})
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from pipelines.registry import Registry
+
+    d = VQGANCLIPRequest()
+    p = argparse.ArgumentParser(prog="python -m pipelines.vqgan_clip", description="VQGAN+CLIP from the command line.")
+    p.add_argument("prompt", help="'text:weight:stop | ...', '^' separates story phases")
+    p.add_argument("--preset", default=d.preset)
+    p.add_argument("--image-prompts", default="", help="'path:weight | path' target images")
+    p.add_argument("--noise-seeds", default="")
+    p.add_argument("--noise-weights", default="")
+    p.add_argument("--init-image")
+    p.add_argument("--init-weight", type=float, default=d.init_weight)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimiser", default=d.optimiser, choices=list(OPTIMISERS))
+    p.add_argument("--cutn", type=int, default=d.cutn)
+    p.add_argument("--cut-pow", type=float, default=d.cut_pow)
+    p.add_argument("--cut-method", default=d.cut_method, choices=list(CUT_METHODS))
+    p.add_argument("--augments", default=",".join(d.augments), help="comma-separated codes, e.g. Af,Pe,Ji,Er")
+    p.add_argument("--preview-every", type=int, default=d.preview_every)
+    p.add_argument("--change-prompt-every", type=int, default=0)
+    p.add_argument("--out", default="outputs/vqgan_clip.png", help="PNG path; the video goes beside it")
+    p.add_argument("--video", action="store_true", help="write an H.264 mp4 of the previews")
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        preset = load_preset(a.preset)
+        defaults = dict(preset.defaults.get(ENGINE, {}))
+        W, H = a.size or (defaults.get("width", d.width), defaults.get("height", d.height))
+        image_prompts = tuple(ImagePrompt(media.load_image(ip.text, name=ip.text), ip.weight, ip.stop, ip.text)
+                              for ip in P.parse_image_prompts(a.image_prompts))
+        req = VQGANCLIPRequest(
+            prompt=a.prompt, preset=a.preset, image_prompts=image_prompts,
+            noise_prompts=tuple(P.parse_noise_prompts(a.noise_seeds, a.noise_weights)),
+            init_image=media.load_image(a.init_image, name="init image") if a.init_image else None,
+            init_weight=a.init_weight, seed=a.seed, width=W, height=H, iterations=a.iterations, lr=a.lr,
+            optimiser=a.optimiser, cutn=a.cutn, cut_pow=a.cut_pow, cut_method=a.cut_method,
+            augments=tuple(s.strip() for s in a.augments.split(",") if s.strip()),
+            preview_every=a.preview_every, change_prompt_every=a.change_prompt_every)
+        registry = Registry(device=a.device)
+        stop = {"now": False}
+        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
+        video = media.VideoWriter(str(a.out).rsplit(".", 1)[0] + ".mp4", fps=a.fps) if a.video else None
+        bar = tqdm(total=req.iterations, unit="it")
+        for ev in run(req, registry, lambda: stop["now"]):
+            if isinstance(ev, Step):
+                bar.update(ev.step - bar.n)
+                if ev.metrics:
+                    bar.set_postfix(loss=f"{ev.metrics['loss']:.3f}")
+                if ev.notice:
+                    bar.write(ev.notice)
+                if video and "current" in ev.previews:
+                    video.append(ev.previews["current"])
+            else:
+                bar.close()
+                paths = media.save_png(ev.images[0], a.out, ev.meta, enlarged_min_side=256)
+                if video:
+                    video.append(ev.images[0])
+                    paths.append(video.close())
+                print("\n".join(str(x) for x in paths if x))
+    except ValueError as e:  # bad input: one clear line, exit code 2
+        print(f"error: {e}")
+        return 2
+    except Exception as e:  # noqa: BLE001  (missing weights, no network)
+        if type(e).__name__ in ("ModelUnavailable", "PresetError"):
+            print(f"error: {e}")
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

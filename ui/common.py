@@ -1,0 +1,91 @@
+"""What every tab shares: per-session Stop, error messages, output files, styling.
+
+UI code maps widgets to a pipeline request and pipeline events to widget updates;
+it never touches torch or models directly.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from pipelines import media
+
+# small built-in images stay crisp when the browser enlarges them
+CSS = """
+.pixelated img, .pixelated canvas { image-rendering: pixelated; image-rendering: crisp-edges; }
+.pixelated img { min-width: 256px; object-fit: contain; }
+"""
+
+
+def output_dir() -> Path:
+    """Where finished PNGs and videos go (served by Gradio from its temp dir)."""
+    d = Path(os.environ.get("ATELIER_OUTPUT_DIR", Path(tempfile.gettempdir()) / "atelier"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+class RunControl:
+    """One stop flag per browser session, so Stop ends only that user's run and keeps its result."""
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        with self._lock:
+            flag = self._flags[session] = threading.Event()
+        return flag
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is not None:
+            flag.set()
+
+    def finish(self, session: str, flag: threading.Event) -> None:
+        with self._lock:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "cli"
+
+
+def user_error(e: Exception) -> gr.Error:
+    """A clear one-line message in the page; the server and other runs carry on."""
+    return gr.Error(str(e).strip() or type(e).__name__, duration=None)
+
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # bad input, missing or damaged weights
+try:  # the registry's own error types, when present
+    from pipelines.registry import ModelUnavailable
+
+    USER_ERRORS = USER_ERRORS + (ModelUnavailable,)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def progress_text(step: int, total: int, elapsed: float, metrics: dict) -> str:
+    rate = step / elapsed if elapsed > 0 else 0.0
+    loss = f" · loss {metrics['loss']:.4f}" if "loss" in metrics else ""
+    return f"**Iteration {step}/{total}**{loss} · {rate:.1f} it/s · {elapsed:.1f} s"
+
+
+class Throttle:
+    """Let through at most one update per `interval` seconds (plus every forced one)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.last = interval, 0.0
+
+    def __call__(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            return True
+        return False

@@ -1,0 +1,190 @@
+"""The VQGAN+CLIP tab: weighted prompts in, live previews, a PNG with its settings and an mp4 out."""
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines import media
+from pipelines import prompts as P
+from pipelines import vqgan_clip as engine
+from pipelines.events import Final
+from pipelines.presets import list_presets, load_preset
+from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
+from ui.common import RunControl, Throttle, USER_ERRORS, output_dir, progress_text, session_of, user_error
+
+EXAMPLE = "a red circle:1 | on a blue background:0.5"
+
+# widgets whose values are restored by "load settings", in this order
+SETTING_FIELDS = ("preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "init_weight",
+                  "lr", "optimiser", "cutn", "cut_pow", "cut_method", "augments", "change_prompt_every")
+
+
+def _request(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
+             init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
+             change_every) -> engine.VQGANCLIPRequest:
+    """Widgets -> request; every bad value raises ValueError with a user-facing message."""
+    files = [t if isinstance(t, str) else getattr(t, "name", str(t)) for t in (targets or [])]
+    ws = (target_weights or "").replace(",", " ").split()
+    if ws and len(ws) != len(files):
+        raise ValueError(f"Give one weight per target image ({len(files)} images, {len(ws)} weights).")
+    image_prompts = []
+    for k, path in enumerate(files):
+        w = P.split_prompt("x:" + ws[k]).weight if ws else 1.0  # the prompt syntax's number rules
+        name = f"target image {k + 1}"
+        image_prompts.append(engine.ImagePrompt(media.load_image(path, name=name), w, float("-inf"), name))
+    return engine.VQGANCLIPRequest(
+        prompt=prompt or "", preset=preset, image_prompts=tuple(image_prompts),
+        noise_prompts=tuple(P.parse_noise_prompts(noise_seeds or "", noise_weights or "")),
+        init_image=media.load_image(init_image, name="init image") if init_image else None,
+        init_weight=init_weight, seed=seed, width=width, height=height, iterations=iterations, lr=lr,
+        optimiser=optimiser, cutn=cutn, cut_pow=cut_pow, cut_method=cut_method, augments=tuple(augments or ()),
+        preview_every=preview_every, change_prompt_every=change_every)
+
+
+def build(registry, runs: RunControl) -> None:
+    """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
+    presets = list_presets()
+    first = presets[0]
+    d = {**{f: getattr(engine.VQGANCLIPRequest(), f) for f in SETTING_FIELDS if f != "preset"},
+         **first.defaults.get(engine.ENGINE, {})}
+
+    with gr.Row():
+        with gr.Column(scale=5):
+            preset = gr.Dropdown([(p.label, p.name) for p in presets], value=first.name, label="Preset",
+                                 elem_id="vqc_preset")
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLE, lines=2, elem_id="vqc_prompt",
+                                info="text:weight:stop, '|' between prompts, negative weights push away, "
+                                     "'^' starts the next story phase")
+            with gr.Row():
+                seed = gr.Number(label="Seed", value=0, precision=0, elem_id="vqc_seed")
+                width = gr.Number(label="Width", value=d["width"], precision=0, elem_id="vqc_width")
+                height = gr.Number(label="Height", value=d["height"], precision=0, elem_id="vqc_height")
+            with gr.Row():
+                iterations = gr.Number(label="Iterations", value=d["iterations"], precision=0, elem_id="vqc_iters")
+                preview_every = gr.Number(label="Preview every N iterations", value=d["preview_every"], precision=0,
+                                          elem_id="vqc_preview_every")
+                fps = gr.Slider(1, 60, value=10, step=1, label="Video fps", elem_id="vqc_fps")
+            with gr.Row():
+                run_btn = gr.Button("Generate", variant="primary", elem_id="vqc_run")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="vqc_stop")
+            with gr.Accordion("Image prompts and init image", open=False):
+                targets = gr.File(label="Target images", file_count="multiple", file_types=["image"],
+                                  elem_id="vqc_targets")
+                target_weights = gr.Textbox(label="Target image weights", placeholder="1, 0.5 (one per image)")
+                with gr.Row():
+                    init_image = gr.Image(label="Init image", type="filepath", elem_id="vqc_init")
+                    init_weight = gr.Number(label="Init weight", value=d["init_weight"], elem_id="vqc_init_weight")
+                with gr.Row():
+                    noise_seeds = gr.Textbox(label="Noise prompt seeds", placeholder="1, 2")
+                    noise_weights = gr.Textbox(label="Noise prompt weights", placeholder="0.5, 0.5")
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    lr = gr.Number(label="Learning rate", value=d["lr"], elem_id="vqc_lr")
+                    optimiser = gr.Dropdown(list(engine.OPTIMISERS), value=d["optimiser"], label="Optimiser")
+                    change_every = gr.Number(label="Change story phase every N iterations (0 = off)",
+                                             value=d["change_prompt_every"], precision=0)
+                with gr.Row():
+                    cutn = gr.Number(label="Cutouts", value=d["cutn"], precision=0)
+                    cut_pow = gr.Number(label="Cut power", value=d["cut_pow"])
+                    cut_method = gr.Dropdown(list(CUT_METHODS), value=d["cut_method"], label="Cutout method")
+                augments = gr.CheckboxGroup(list(AUGMENT_CODES), value=list(d["augments"]), label="Augmentations")
+            with gr.Accordion("Load settings from an image", open=False):
+                load_file = gr.File(label="An Atelier PNG", file_types=[".png"], elem_id="vqc_load")
+                load_note = gr.Markdown()
+        with gr.Column(scale=4):
+            status = gr.Markdown("Ready.", elem_id="vqc_status")
+            preview = gr.Image(label="Preview", type="pil", format="png", interactive=False,
+                               elem_id="vqc_preview", elem_classes="pixelated")
+            final = gr.Image(label="Result", type="pil", format="png", interactive=False,
+                             elem_id="vqc_final", elem_classes="pixelated")
+            video = gr.Video(label="Progress video", elem_id="vqc_video", interactive=False)
+            files = gr.File(label="Downloads (PNG at true size, enlarged PNG, mp4)", file_count="multiple",
+                            interactive=False, elem_id="vqc_files")
+            settings = gr.JSON(label="Settings of the last image", elem_id="vqc_settings")
+
+    inputs = [preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
+              init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
+              change_every]
+
+    def generate(*values, request: gr.Request = None):
+        *args, fps_value = values
+        session = session_of(request)
+        flag = runs.start(session)
+        writer = None
+        try:
+            req = _request(*args)
+            events = engine.run(req, registry, flag.is_set)
+            ev = next(events)  # validation and model loading happen here: errors surface before any output
+            out = output_dir()
+            writer = media.VideoWriter(media.new_output_path(out, req.prompt or "vqgan-clip", ".mp4"), fps=int(fps_value))
+            throttle = Throttle(0.15)
+            last_preview = None
+            while True:
+                if isinstance(ev, Final):
+                    break
+                if ev.notice:
+                    gr.Info(ev.notice)
+                img = ev.previews.get("current")
+                if img is not None:
+                    writer.append(img)
+                    last_preview = media.enlarge(img)
+                if img is not None or throttle():
+                    yield (last_preview if img is not None else gr.skip(),
+                           progress_text(ev.step, ev.total, ev.elapsed_s, dict(ev.metrics)),
+                           gr.skip(), gr.skip(), gr.skip(), gr.skip())
+                ev = next(events)
+            # the run ended (finished or stopped): save what was made
+            image = ev.images[0]
+            writer.append(image)
+            png_paths = media.save_png(image, media.new_output_path(out, req.prompt or "vqgan-clip", ".png"),
+                                       ev.meta, enlarged_min_side=256)
+            mp4 = writer.close()
+            writer = None
+            word = "Stopped" if ev.stopped else "Done"
+            msg = f"**{word}** after {ev.meta['iterations_done']} iterations in {ev.meta['seconds']} s."
+            yield (media.enlarge(image), msg, media.enlarge(image), mp4,
+                   [str(p) for p in png_paths] + ([str(mp4)] if mp4 else []), ev.meta)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        finally:
+            if writer is not None:
+                writer.close()
+            runs.finish(session, flag)
+
+    def stop(request: gr.Request = None):
+        runs.stop(session_of(request))
+
+    def load_settings(file):
+        """Read the settings embedded in a PNG back into the widgets."""
+        if not file:
+            return [gr.skip()] * (len(SETTING_FIELDS) + 1)
+        try:
+            meta = media.read_meta(file if isinstance(file, str) else file.name)
+            req = engine.request_from_settings(meta["settings"])
+            load_preset(req.preset)
+        except (ValueError, KeyError, TypeError) as e:
+            raise user_error(ValueError(f"Could not load settings: {e}")) from None
+        values = [getattr(req, f) for f in SETTING_FIELDS]
+        values[SETTING_FIELDS.index("augments")] = list(req.augments)
+        s = meta["settings"]
+        skipped = [n for n, v in (("target images", s.get("image_prompts")), ("init image", s.get("init_image"))) if v]
+        note = "Settings loaded." + (f" Upload the {' and '.join(skipped)} again: images are not stored in the PNG."
+                                     if skipped else "")
+        return values + [note]
+
+    def apply_preset(name):
+        try:
+            dflt = load_preset(name).defaults.get(engine.ENGINE, {})
+        except ValueError as e:
+            raise user_error(e) from None
+        keys = ("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments")
+        return [dflt.get(k, gr.skip()) if k in dflt else gr.skip() for k in keys]
+
+    gen_event = run_btn.click(generate, inputs + [fps], [preview, status, final, video, files, settings],
+                              api_name="vqgan_clip", concurrency_limit=1, concurrency_id="engines")
+    stop_btn.click(stop, None, None, api_name="vqgan_clip_stop", queue=False)
+    load_file.upload(load_settings, [load_file],
+                     [preset, prompt, seed, width, height, iterations, preview_every, init_weight, lr, optimiser,
+                      cutn, cut_pow, cut_method, augments, change_every, load_note], api_name="vqgan_clip_load")
+    preset.change(apply_preset, [preset], [width, height, iterations, preview_every, lr, cutn, cut_method, augments],
+                  api_name=False)
+    return gen_event
