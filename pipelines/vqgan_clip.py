@@ -146,102 +146,109 @@ def _settings(req: VQGANCLIPRequest) -> dict:
 
 
 def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
-    t0 = time.perf_counter()
+    """The engine: models from the registry for the request's preset, then `optimise`."""
     preset = load_preset(req.preset)
-    with registry.use(preset.components["vqgan"], preset.components["clip"]) as (vqgan, clip):
-        req, phases, notices = validate(req, vqgan.factor)
-        device = registry.device
-        gen = torch.Generator().manual_seed(int(req.seed))
-        H, W = int(req.height), int(req.width)
-        toks_h, toks_w = H // vqgan.factor, W // vqgan.factor
-        codebook = vqgan.codebook.detach().float()
-        z_min, z_max = (b.to(device) for b in codebook_bounds(codebook))
-        cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments)
+    specs = (preset.components["vqgan"], preset.components["clip"])
+    with registry.use(*specs) as (vqgan, clip):
+        info = {"preset": preset.name, "models": registry.describe(*specs)}
+        yield from optimise(req, vqgan, clip, registry.device, should_stop, info)
 
-        # 1. initial latents: an encoded init image, or random codebook rows (seeded)
-        if req.init_image is not None:
-            init = req.init_image.convert("RGB").resize((W, H), Image.Resampling.LANCZOS)
-            x_init = _pil_to_tensor(init).mul(2).sub(1).to(device)  # [-1, 1]
-            with torch.no_grad():
-                z = vqgan.encode(x_init)[0].float()
-        else:
-            tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
-            z = init_z_from_tokens(tokens, codebook, toks_h, toks_w).to(device)
-        z_init = z.detach().clone()
-        z = z.detach().clone().requires_grad_(True)
-        opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
 
-        # 2. targets: text, image and noise prompts
-        def synth(z):
-            z_q = vector_quantize(z.movedim(1, 3), codebook.to(z.dtype)).movedim(3, 1)
-            return clamp_with_grad(vqgan.decode(z_q).float().add(1).div(2), 0, 1)
+def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck = never_stop,
+             info: dict | None = None) -> Iterator[Step | Final]:
+    """The VQGAN+CLIP loop over given models (the benchmark drives it with its own)."""
+    t0 = time.perf_counter()
+    req, phases, notices = validate(req, vqgan.factor)
+    gen = torch.Generator().manual_seed(int(req.seed))
+    H, W = int(req.height), int(req.width)
+    toks_h, toks_w = H // vqgan.factor, W // vqgan.factor
+    codebook = vqgan.codebook.detach().float()
+    z_min, z_max = (b.to(device) for b in codebook_bounds(codebook))
+    cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments)
 
-        def text_losses(phase):
-            if not phase:
-                return []
-            with torch.no_grad():
-                emb = clip.encode_text([p.text for p in phase]).float()
-            return [(f"loss/{p.text}", PromptLoss(emb[k:k + 1], p.weight, p.stop)) for k, p in enumerate(phase)]
-
-        extra = []
-        for ip in req.image_prompts:
-            img = ip.image.convert("RGB")
-            scale = math.sqrt(W * H / (img.width * img.height))  # same area as the output, aspect kept
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
-            x_img = _pil_to_tensor(img).to(device)
-            with torch.no_grad():
-                emb = clip.encode_image(cutouts(x_img, gen)).float()
-            extra.append((f"loss/{ip.name}", PromptLoss(emb, ip.weight, ip.stop)))
-        for seed, weight in req.noise_prompts:
-            emb = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(int(seed))).to(device)
-            extra.append((f"loss/noise {seed}", PromptLoss(emb, weight)))
-
-        phase_index = 0
-        losses = text_losses(phases[0]) + extra
-        frames_meta = {"previews": 0}
-        total = int(req.iterations)
-        done = 0
-        for note in notices:
-            yield Step(ENGINE, "optimise", 0, total, notice=note)
-
-        # 3. the optimisation loop
-        for i in range(total):
-            k = P.phase_at(phases, i, int(req.change_prompt_every))
-            notice = None
-            if k != phase_index:
-                phase_index, losses = k, text_losses(phases[k]) + extra
-                notice = f"Story phase {k + 1}: " + " | ".join(p.text for p in phases[k])
-            opt.zero_grad(set_to_none=True)
-            x = synth(z)
-            embeds = clip.encode_image(cutouts(x, gen)).float()
-            terms = {name: fn(embeds) for name, fn in losses}
-            if req.init_weight:
-                terms["loss/init"] = F.mse_loss(z, z_init) * req.init_weight / (2 * (2 * i + 1))
-            loss = sum(terms.values())
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
-            done = i + 1
-            previews = {}
-            if req.preview_every and (i % int(req.preview_every) == 0 or done == total):
-                previews["current"] = media.to_pil(x[0].detach(), value_range=(0, 1))
-                frames_meta["previews"] += 1
-            yield Step(ENGINE, "optimise", done, total, previews=previews,
-                       metrics={"loss": float(loss), **{n: float(v) for n, v in terms.items()}},
-                       elapsed_s=time.perf_counter() - t0, notice=notice)
-            if should_stop():
-                break
-
-        # 4. the final image from the last z
+    # 1. initial latents: an encoded init image, or random codebook rows (seeded)
+    if req.init_image is not None:
+        init = req.init_image.convert("RGB").resize((W, H), Image.Resampling.LANCZOS)
+        x_init = _pil_to_tensor(init).mul(2).sub(1).to(device)  # [-1, 1]
         with torch.no_grad():
-            final = media.to_pil(synth(z)[0], value_range=(0, 1))
-        meta = {
-            "engine": ENGINE, "app_version": __version__, "preset": preset.name,
-            "models": registry.describe(preset.components["vqgan"], preset.components["clip"]),
-            "settings": _settings(req), "iterations_done": done, "stopped": done < total,
-            "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
-        }
+            z = vqgan.encode(x_init)[0].float()
+    else:
+        tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
+        z = init_z_from_tokens(tokens, codebook, toks_h, toks_w).to(device)
+    z_init = z.detach().clone()
+    z = z.detach().clone().requires_grad_(True)
+    opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
+
+    # 2. targets: text, image and noise prompts
+    def synth(z):
+        z_q = vector_quantize(z.movedim(1, 3), codebook.to(z.dtype)).movedim(3, 1)
+        return clamp_with_grad(vqgan.decode(z_q).float().add(1).div(2), 0, 1)
+
+    def text_losses(phase):
+        if not phase:
+            return []
+        with torch.no_grad():
+            emb = clip.encode_text([p.text for p in phase]).float()
+        return [(f"loss/{p.text}", PromptLoss(emb[k:k + 1], p.weight, p.stop)) for k, p in enumerate(phase)]
+
+    extra = []
+    for ip in req.image_prompts:
+        img = ip.image.convert("RGB")
+        scale = math.sqrt(W * H / (img.width * img.height))  # same area as the output, aspect kept
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
+        x_img = _pil_to_tensor(img).to(device)
+        with torch.no_grad():
+            emb = clip.encode_image(cutouts(x_img, gen)).float()
+        extra.append((f"loss/{ip.name}", PromptLoss(emb, ip.weight, ip.stop)))
+    for seed, weight in req.noise_prompts:
+        emb = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(int(seed))).to(device)
+        extra.append((f"loss/noise {seed}", PromptLoss(emb, weight)))
+
+    phase_index = 0
+    losses = text_losses(phases[0]) + extra
+    frames_meta = {"previews": 0}
+    total = int(req.iterations)
+    done = 0
+    for note in notices:
+        yield Step(ENGINE, "optimise", 0, total, notice=note)
+
+    # 3. the optimisation loop
+    for i in range(total):
+        k = P.phase_at(phases, i, int(req.change_prompt_every))
+        notice = None
+        if k != phase_index:
+            phase_index, losses = k, text_losses(phases[k]) + extra
+            notice = f"Story phase {k + 1}: " + " | ".join(p.text for p in phases[k])
+        opt.zero_grad(set_to_none=True)
+        x = synth(z)
+        embeds = clip.encode_image(cutouts(x, gen)).float()
+        terms = {name: fn(embeds) for name, fn in losses}
+        if req.init_weight:
+            terms["loss/init"] = F.mse_loss(z, z_init) * req.init_weight / (2 * (2 * i + 1))
+        loss = sum(terms.values())
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
+        done = i + 1
+        previews = {}
+        if req.preview_every and (i % int(req.preview_every) == 0 or done == total):
+            previews["current"] = media.to_pil(x[0].detach(), value_range=(0, 1))
+            frames_meta["previews"] += 1
+        yield Step(ENGINE, "optimise", done, total, previews=previews,
+                   metrics={"loss": float(loss), **{n: float(v) for n, v in terms.items()}},
+                   elapsed_s=time.perf_counter() - t0, notice=notice)
+        if should_stop():
+            break
+
+    # 4. the final image from the last z
+    with torch.no_grad():
+        final = media.to_pil(synth(z)[0], value_range=(0, 1))
+    meta = {
+        "engine": ENGINE, "app_version": __version__, **(info or {}),
+        "settings": _settings(req), "iterations_done": done, "stopped": done < total,
+        "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+    }
     yield Final(ENGINE, [final], meta, stopped=done < total)
 
 

@@ -1,0 +1,527 @@
+"""Registry, presets and ZeroGPU helper: lazy shared loading, thread safety, memory budget,
+clear errors for missing/corrupt/unreachable weights, and safe preset lookup. All offline."""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pipelines import zerogpu
+from pipelines.models import vqgan
+from pipelines.presets import (PRESETS_DIR, ComponentSpec, PresetError, is_offline_capable, list_presets,
+                               load_preset, url_filename)
+from pipelines.registry import ModelUnavailable, Registry, pick_device, weights_id
+from tests.conftest import FIXTURES
+
+TAMING = FIXTURES / "taming_vqgan_tiny"
+LINEAR_BYTES = 16 * 16 * 4
+
+
+# ---------------------------------------------------------------------------
+# helpers and fixtures
+# ---------------------------------------------------------------------------
+
+
+class CountingLoader:
+    """A fake loader: nn.Linear(16, 16) (1 KiB), optionally slow, counting its calls per key."""
+
+    def __init__(self, delay: float = 0.0, barrier: threading.Barrier | None = None):
+        self.delay, self.barrier = delay, barrier
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, spec, registry):
+        with self._lock:
+            self.calls.append(spec.key)
+        if self.barrier is not None:
+            self.barrier.wait()  # raises BrokenBarrierError unless the other load runs at the same time
+        time.sleep(self.delay)
+        return nn.Linear(16, 16, bias=False)
+
+    def count(self, spec) -> int:
+        return self.calls.count(spec.key)
+
+
+def fake(name: str) -> ComponentSpec:
+    return ComponentSpec("fake", "builtin", name)
+
+
+def keys(reg: Registry) -> set[str]:
+    return {row["key"] for row in reg.status()}
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """A weights dir with the tiny taming VQGAN as a taming folder and as an Atelier folder."""
+    wd = tmp_path / "weights"
+    (wd / "tiny-taming").mkdir(parents=True)
+    for name in ("last.ckpt", "model.yaml"):
+        shutil.copy(TAMING / name, wd / "tiny-taming" / name)
+    vqgan.save_pretrained(vqgan.load_taming(TAMING / "last.ckpt", TAMING / "model.yaml"), wd / "tiny-atelier")
+    return wd
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    """A tiny CLIP (hidden 32, 1 layer, 32 px) saved in the transformers layout."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from pipelines.models.clip import CLIP, save_clip
+    from pipelines.train.clip import train_tokenizer
+
+    tok = train_tokenizer(n_captions=200)
+    text = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16))
+    wd = tmp_path_factory.mktemp("clipweights")
+    save_clip(CLIP(model, tok), wd / "tiny-clip")
+    return wd
+
+
+# ---------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------
+
+
+def test_list_presets_reads_the_real_files():
+    presets = list_presets()
+    assert [p.name for p in presets[:2]] == ["shapes", "imagenet"]  # builtin-only first
+    shapes, imagenet = presets[0], presets[1]
+    assert shapes.label == "Built-in shapes (offline, 32 px)"
+    assert shapes.components["vqgan"] == ComponentSpec("vqgan", "builtin", "shapes-vqgan")
+    assert shapes.components["clip"].key == "clip:builtin:shapes-clip"
+    assert shapes.defaults["vqgan_clip"] == {"width": 32, "height": 32, "iterations": 150, "lr": 0.1, "cutn": 16,
+                                             "cut_method": "latest", "augments": ["Af", "Pe"], "preview_every": 5}
+    assert is_offline_capable(shapes) and not is_offline_capable(imagenet)
+    v = imagenet.components["vqgan"]
+    assert v.source == "url" and set(v.files) == {"ckpt", "config"} and v.label == "last.ckpt"
+    assert url_filename(v.files["config"]) == "model.yaml"
+    assert imagenet.components["clip"] == ComponentSpec("clip", "hub", "openai/clip-vit-base-patch32")
+    assert imagenet.defaults["vqgan_clip"]["augments"] == ["Af", "Pe", "Ji", "Er"]
+    assert load_preset("shapes") == shapes and shapes.path == PRESETS_DIR / "shapes.json"
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/b", "..", "", "shapes.json", "x" * 65, "a\\b", "é"])
+def test_load_preset_rejects_unsafe_names(name):
+    with pytest.raises(PresetError, match="Invalid preset name"):
+        load_preset(name)
+
+
+def test_load_preset_unknown_and_symlink_escape(tmp_path):
+    d = tmp_path / "presets"
+    d.mkdir()
+    shutil.copy(PRESETS_DIR / "shapes.json", d / "shapes.json")
+    outside = tmp_path / "evil.json"
+    outside.write_text(json.dumps({"name": "evil", "label": "x", "components": {"a": {"kind": "k", "path": "/"}}}))
+    (d / "evil.json").symlink_to(outside)
+    with pytest.raises(PresetError, match="Unknown preset 'nope'.*available: evil, shapes"):
+        load_preset("nope", d)
+    with pytest.raises(PresetError, match="Unknown preset 'evil'"):
+        load_preset("evil", d)  # resolves outside the folder
+    assert load_preset("shapes", d).name == "shapes"
+
+
+def _bad(**over):
+    data = {"name": "bad", "label": "Bad", "components": {"vqgan": {"kind": "vqgan", "builtin": "w"}}}
+    data.update(over)
+    return data
+
+
+@pytest.mark.parametrize("data, problem", [
+    ("{not json", "cannot read"),
+    ({"name": "bad", "label": "Bad"}, "missing key \"components\""),
+    (_bad(components={"vqgan": {"kind": "vqgan"}}), "exactly one of"),
+    (_bad(components={"vqgan": {"kind": "vqgan", "builtin": "w", "hub": "a/b"}}), "exactly one of"),
+    (_bad(components={"vqgan": {"kind": "vqgan", "builtin": "../w"}}), "folder name"),
+    (_bad(components={"vqgan": {"kind": "vqgan", "builtin": "a/b"}}), "folder name"),
+    (_bad(components={"vqgan": {"kind": "vqgan", "url": {"ckpt": "ftp://x"}}}), "http"),
+    (_bad(components={"vqgan": {"builtin": "w"}}), "kind"),
+    (_bad(name="other"), "file is 'bad.json'"),
+    (_bad(defaults=[]), "defaults"),
+])
+def test_malformed_presets_name_file_and_problem(tmp_path, data, problem):
+    (tmp_path / "bad.json").write_text(data if isinstance(data, str) else json.dumps(data))
+    with pytest.raises(PresetError) as e:
+        load_preset("bad", tmp_path)
+    assert "bad.json" in str(e.value) and problem in str(e.value)
+    assert list_presets(tmp_path) == []  # skipped, with a warning
+
+
+def test_two_presets_naming_the_same_builtin_share_one_instance(tmp_path):
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(
+            {"name": name, "label": name, "components": {"m": {"kind": "fake", "builtin": "same"}}}))
+    one, two = load_preset("one", tmp_path), load_preset("two", tmp_path)
+    assert one.components["m"].key == two.components["m"].key
+    loader = CountingLoader()
+    reg = Registry(device="cpu", loaders={"fake": loader})
+    assert reg.get(one.components["m"]) is reg.get(two.components["m"])
+    assert len(loader.calls) == 1
+
+
+def test_key_distinguishes_files_and_revision():
+    a = ComponentSpec("vqgan", "hub", "o/r", {"ckpt": "a.ckpt", "config": "a.yaml"})
+    b = ComponentSpec("vqgan", "hub", "o/r", {"ckpt": "b.ckpt", "config": "b.yaml"})
+    assert a.key != b.key and a.key.startswith("vqgan:hub:o/r#")
+    assert ComponentSpec("clip", "hub", "o/r", revision="v1").key == "clip:hub:o/r@v1"
+    assert hash(a) == hash(ComponentSpec("vqgan", "hub", "o/r", {"ckpt": "a.ckpt", "config": "a.yaml"}))
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+
+def test_lazy_load_and_sharing():
+    loader = CountingLoader()
+    reg = Registry(device="cpu", loaders={"fake": loader})
+    assert reg.status() == [] and loader.calls == []  # nothing at construction
+    m = reg.get(fake("a"))
+    assert loader.count(fake("a")) == 1 and isinstance(m, nn.Linear)
+    assert reg.get(fake("a")) is m and loader.count(fake("a")) == 1
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("folder", ["tiny-taming", "tiny-atelier"])
+def test_builtin_vqgan_loads_from_taming_and_atelier_folders(weights, folder):
+    reg = Registry(device="cpu", weights_dir=weights)
+    assert reg.status() == []
+    model = reg.get(ComponentSpec("vqgan", "builtin", folder))
+    assert isinstance(model, vqgan.VQGAN) and model.config.n_embed == 64 and not model.training
+    ref = vqgan.load_taming(TAMING / "last.ckpt", TAMING / "model.yaml").state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
+    (row,) = reg.status()
+    main = weights / folder / ("last.ckpt" if folder == "tiny-taming" else "model.safetensors")
+    assert row["weights_id"] == weights_id(main) and len(row["weights_id"]) == 12
+    assert row["key"] == f"vqgan:builtin:{folder}" and row["dtype"] == "float32" and row["device"] == "cpu"
+
+
+def test_path_source_accepts_a_lone_checkpoint(weights):
+    reg = Registry(device="cpu")
+    model = reg.get(ComponentSpec("vqgan", "path", str(weights / "tiny-taming" / "last.ckpt")))
+    assert isinstance(model, vqgan.VQGAN)
+
+
+def test_tiny_clip_loads_and_status_rows(clip_dir):
+    from pipelines.models.clip import CLIP
+
+    reg = Registry(device="cpu", weights_dir=clip_dir)
+    spec = ComponentSpec("clip", "builtin", "tiny-clip")
+    with reg.use(spec) as (clip,):
+        assert isinstance(clip, CLIP) and clip.image_size == 32
+        assert clip.encode_text(["a red circle"]).shape == (1, 16)
+        (row,) = reg.status()
+        assert row["in_use"] == 1 and row["kind"] == "clip" and row["dtype"] == "float32"
+        assert row["size_mb"] > 0 and row["last_used_s_ago"] >= 0 and row["offloaded"] is False
+    assert reg.status()[0]["in_use"] == 0
+    assert set(reg.status()[0]) >= {"key", "kind", "device", "dtype", "size_mb", "in_use", "last_used_s_ago"}
+
+
+def test_describe_for_run_metadata(weights):
+    reg = Registry(device="cpu", weights_dir=weights)
+    spec = ComponentSpec("vqgan", "builtin", "tiny-taming")
+    other = ComponentSpec("clip", "builtin", "not-loaded")
+    with reg.use(spec):
+        info = reg.describe(spec, other)
+    assert info == {"vqgan": {"key": spec.key, "weights_id": weights_id(weights / "tiny-taming" / "last.ckpt"),
+                              "dtype": "float32"},
+                    "clip": {"key": other.key, "weights_id": None, "dtype": None}}
+    json.dumps(info)
+
+
+def test_unload_one_or_all():
+    loader = CountingLoader()
+    reg = Registry(device="cpu", loaders={"fake": loader})
+    reg.get(fake("a")), reg.get(fake("b"))
+    reg.unload(fake("a").key)
+    assert keys(reg) == {fake("b").key}
+    reg.unload()
+    assert reg.status() == []
+    reg.get(fake("a"))
+    assert loader.count(fake("a")) == 2  # reloaded lazily
+
+
+# ---------------------------------------------------------------------------
+# thread safety
+# ---------------------------------------------------------------------------
+
+
+def test_concurrent_gets_load_once():
+    loader = CountingLoader(delay=0.2)
+    reg = Registry(device="cpu", loaders={"fake": loader})
+    start, results = threading.Barrier(8), []
+
+    def worker():
+        start.wait()
+        results.append(reg.get(fake("a")))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 8 and all(r is results[0] for r in results)
+    assert loader.count(fake("a")) == 1
+
+
+def test_different_keys_load_concurrently():
+    loader = CountingLoader(barrier=threading.Barrier(2, timeout=5))  # both loads must overlap
+    reg = Registry(device="cpu", loaders={"fake": loader})
+    errors = []
+
+    def worker(name):
+        try:
+            reg.get(fake(name))
+        except Exception as e:  # BrokenBarrierError if the loads were serialised
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert errors == [] and keys(reg) == {fake("a").key, fake("b").key}
+
+
+# ---------------------------------------------------------------------------
+# memory budget
+# ---------------------------------------------------------------------------
+
+
+def test_lru_eviction_on_cpu():
+    loader = CountingLoader()
+    reg = Registry(device="cpu", budget_bytes=2 * LINEAR_BYTES + 100, loaders={"fake": loader})
+    a, b, c = fake("a"), fake("b"), fake("c")
+    reg.get(a), reg.get(b)
+    reg.get(c)
+    assert keys(reg) == {b.key, c.key}  # a was least recently used
+    reg.get(b)  # touch b: c is now the LRU one
+    reg.get(a)
+    assert keys(reg) == {a.key, b.key}
+    assert loader.count(a) == 2 and loader.count(b) == 1 and loader.count(c) == 1
+
+
+def test_models_in_use_are_never_evicted(caplog):
+    loader = CountingLoader()
+    reg = Registry(device="cpu", budget_bytes=2 * LINEAR_BYTES + 100, loaders={"fake": loader})
+    a, b, c = fake("a"), fake("b"), fake("c")
+    with reg.use(a) as (ma,):
+        reg.get(b)
+        reg.get(c)  # a is the LRU but in use: b goes
+        assert keys(reg) == {a.key, c.key}
+        with caplog.at_level(logging.WARNING, logger="pipelines.registry"):
+            with reg.use(b, c) as mods:  # three in use, over budget: kept, with a warning
+                assert len(mods) == 2 and keys(reg) == {a.key, b.key, c.key}
+        assert "every model left is in use" in caplog.text
+        assert reg.get(a) is ma
+    assert loader.count(a) == 1
+
+
+def test_offload_to_cpu_path_via_seam(monkeypatch):
+    """The GPU path on a CPU machine: offload_device set, every move recorded through `_move`."""
+    loader = CountingLoader()
+    reg = Registry(device="cpu", budget_bytes=2 * LINEAR_BYTES + 100, loaders={"fake": loader})
+    assert reg.offload_device is None  # default on CPU: evict
+    offload = torch.device("cpu")
+    reg.offload_device = offload
+    moves = []
+    original = reg._move
+    monkeypatch.setattr(reg, "_move", lambda m, device, dtype=None: moves.append((m, device)) or original(m, device, dtype))
+    a, b, c = fake("a"), fake("b"), fake("c")
+    ma = reg.get(a)
+    reg.get(b)
+    reg.get(c)
+    rows = {r["key"]: r for r in reg.status()}
+    assert set(rows) == {a.key, b.key, c.key}  # offloaded, not dropped
+    assert rows[a.key]["offloaded"] and not rows[b.key]["offloaded"] and not rows[c.key]["offloaded"]
+    assert (ma, offload) in moves
+    moves.clear()
+    assert reg.get(a) is ma  # moved back, same object, no reload
+    assert moves[0] == (ma, reg.device)
+    rows = {r["key"]: r for r in reg.status()}
+    assert not rows[a.key]["offloaded"] and rows[b.key]["offloaded"]  # b is now the LRU one
+    assert len(loader.calls) == 3
+    with reg.use(b, c):  # both come back; a (idle) goes out
+        rows = {r["key"]: r for r in reg.status()}
+        assert rows[a.key]["offloaded"] and not rows[b.key]["offloaded"]
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+
+
+def test_missing_builtin_folder(tmp_path):
+    reg = Registry(device="cpu", weights_dir=tmp_path)
+    with pytest.raises(ModelUnavailable) as e:
+        reg.get(ComponentSpec("vqgan", "builtin", "shapes-vqgan"))
+    msg = str(e.value)
+    assert "'shapes-vqgan' are missing or damaged" in msg and str(tmp_path / "shapes-vqgan") in msg
+
+
+def test_corrupt_safetensors(weights):
+    f = weights / "tiny-atelier" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    reg = Registry(device="cpu", weights_dir=weights)
+    with pytest.raises(ModelUnavailable, match=r"missing or damaged \(.*model\.safetensors: "):
+        reg.get(ComponentSpec("vqgan", "builtin", "tiny-atelier"))
+    assert reg.status() == []
+
+
+def test_loader_errors_are_wrapped_and_not_cached():
+    calls = []
+
+    def flaky(spec, registry):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("bad header")
+        return nn.Linear(2, 2)
+
+    reg = Registry(device="cpu", loaders={"fake": flaky})
+    with pytest.raises(ModelUnavailable, match="bad header"):
+        reg.get(fake("a"))
+    assert isinstance(reg.get(fake("a")), nn.Linear)
+    with pytest.raises(ModelUnavailable, match="No loader for component kind 'vqgan'"):
+        reg.get(ComponentSpec("vqgan", "builtin", "x"))
+
+
+def test_hub_offline_fails_fast():
+    reg = Registry(device="cpu")
+    assert reg.allow_network is False  # HF_HUB_OFFLINE=1 from conftest
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailable) as e:
+        reg.get(ComponentSpec("clip", "hub", "openai/clip-vit-base-patch32"))
+    assert time.monotonic() - t0 < 2
+    msg = str(e.value)
+    assert "'openai/clip-vit-base-patch32' from the Hugging Face Hub" in msg
+    assert "cannot be reached (offline)" in msg and "built-in 'shapes' preset" in msg
+
+
+def test_url_offline_fails_fast(tmp_path):
+    spec = load_preset("imagenet").components["vqgan"]
+    reg = Registry(device="cpu", allow_network=False)
+    reg.url_cache_dir = tmp_path
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailable) as e:
+        reg.get(spec)
+    assert time.monotonic() - t0 < 2
+    msg = str(e.value)
+    assert "'last.ckpt' from heibox.uni-heidelberg.de" in msg and "cannot be reached (offline)" in msg
+    assert "built-in 'shapes' preset" in msg and list(tmp_path.iterdir()) == []
+
+
+def test_url_download_then_offline_reuse(tmp_path):
+    """file:// URLs exercise the download path without a network."""
+    spec = ComponentSpec("vqgan", "url", (TAMING / "last.ckpt").as_uri(),
+                         {"ckpt": (TAMING / "last.ckpt").as_uri(), "config": (TAMING / "model.yaml").as_uri()})
+    online = Registry(device="cpu", allow_network=True)
+    online.url_cache_dir = tmp_path
+    assert isinstance(online.get(spec), vqgan.VQGAN)
+    offline = Registry(device="cpu", allow_network=False)
+    offline.url_cache_dir = tmp_path
+    assert isinstance(offline.get(spec), vqgan.VQGAN)  # from the cache
+    assert offline.status()[0]["weights_id"] == weights_id(TAMING / "last.ckpt")
+    assert not list(tmp_path.glob("**/*.part"))
+
+
+def test_url_unreachable(tmp_path):
+    spec = ComponentSpec("vqgan", "url", (tmp_path / "gone.ckpt").as_uri(),
+                         {"ckpt": (tmp_path / "gone.ckpt").as_uri(), "config": (TAMING / "model.yaml").as_uri()})
+    reg = Registry(device="cpu", allow_network=True)
+    reg.url_cache_dir = tmp_path / "cache"
+    with pytest.raises(ModelUnavailable, match="cannot be reached"):
+        reg.get(spec)
+    assert not list((tmp_path / "cache").glob("**/*.part"))
+
+
+# ---------------------------------------------------------------------------
+# devices, hashing, ZeroGPU
+# ---------------------------------------------------------------------------
+
+
+def test_pick_device(monkeypatch):
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="cpu.*cuda.*mps"):
+        pick_device("bogus")
+    monkeypatch.setenv("ATELIER_DEVICE", "cpu")
+    assert pick_device() == torch.device("cpu") and Registry().device == torch.device("cpu")
+    monkeypatch.setenv("ATELIER_DEVICE", "bogus")
+    with pytest.raises(ValueError):
+        pick_device()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            pick_device("cuda")
+
+
+def test_budget_from_env(monkeypatch):
+    monkeypatch.setenv("ATELIER_MEMORY_BUDGET_GB", "1.5")
+    assert Registry(device="cpu").budget_bytes == int(1.5 * 2**30)
+    monkeypatch.delenv("ATELIER_MEMORY_BUDGET_GB")
+    assert Registry(device="cpu").budget_bytes is None
+
+
+def test_weights_id_hashes_head_tail_and_size(tmp_path):
+    f = tmp_path / "w.bin"
+    data = bytearray(range(256)) * 4  # 1 KiB, chunk 100: head + tail + size only
+    f.write_bytes(data)
+    base = weights_id(f, chunk=100)
+    data[500] ^= 1
+    f.write_bytes(data)
+    assert weights_id(f, chunk=100) == base  # the middle is not read
+    data[0] ^= 1
+    f.write_bytes(data)
+    assert weights_id(f, chunk=100) != base
+    f.write_bytes(bytes(data) + b"x")
+    assert weights_id(f, chunk=100) != base
+    assert weights_id(f) != weights_id(f, chunk=100)  # small files: whole content
+
+
+def test_zerogpu_noop_is_identity():
+    if zerogpu.spaces is not None:
+        pytest.skip("the spaces package is installed")
+
+    def f():
+        return 1
+
+    assert zerogpu.gpu(f) is f
+    assert zerogpu.gpu(duration=60)(f) is f
+    assert zerogpu.gpu()(f) is f
+
+
+def test_zerogpu_uses_spaces_when_present(monkeypatch):
+    calls = []
+
+    def GPU(fn=None, **kwargs):
+        calls.append((fn, kwargs))
+        if fn is None:
+            return lambda g: ("wrapped", g, kwargs)
+        return ("wrapped", fn, kwargs)
+
+    def f():
+        return 1
+
+    try:
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=GPU))
+            m.setenv("SPACE_ID", "someone/atelier")
+            mod = importlib.reload(zerogpu)
+            assert mod.ON_SPACES is True
+            assert mod.gpu(f) == ("wrapped", f, {})
+            assert mod.gpu(duration=60)(f) == ("wrapped", f, {"duration": 60})
+            assert calls == [(f, {}), (None, {"duration": 60})]
+    finally:
+        importlib.reload(zerogpu)
+    assert zerogpu.gpu(f) is f and zerogpu.ON_SPACES is False

@@ -1,0 +1,143 @@
+"""The VQGAN+CLIP engine end to end on the built-in shapes preset (32 px, tiny models)."""
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import media
+from pipelines import vqgan_clip as E
+from pipelines.events import Final, Step, generate
+from pipelines.registry import Registry
+
+FAST = dict(iterations=6, cutn=4, preview_every=2)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry(device="cpu")
+
+
+def req(**kw):
+    return E.VQGANCLIPRequest(**{"prompt": "a red circle:1 | on a blue background:0.5", **FAST, **kw})
+
+
+def events(registry, **kw):
+    return list(E.run(req(**kw), registry))
+
+
+def test_events_previews_and_final(registry):
+    evs = events(registry)
+    steps = [e for e in evs if isinstance(e, Step)]
+    final = evs[-1]
+    assert isinstance(final, Final) and not final.stopped
+    assert [s.step for s in steps] == list(range(1, 7)) and all(s.total == 6 for s in steps)
+    # previews at iterations 0, 2, 4 and the last one
+    assert sum("current" in s.previews for s in steps) == 4
+    assert steps[0].previews["current"].size == (32, 32)
+    assert final.images[0].size == (32, 32) and final.images[0].mode == "RGB"
+    m = steps[0].metrics
+    assert set(m) == {"loss", "loss/a red circle", "loss/on a blue background"}
+    assert math.isclose(m["loss"], m["loss/a red circle"] + m["loss/on a blue background"], rel_tol=1e-5)
+    meta = final.meta
+    assert meta["settings"]["prompt"] == "a red circle:1 | on a blue background:0.5"
+    assert meta["iterations_done"] == 6 and meta["preset"] == "shapes"
+    assert {"vqgan", "clip"} <= set(meta["models"])
+
+
+def test_seed_reproduces_the_whole_run(registry):
+    a = generate(E.run(req(seed=7), registry)).images[0]
+    b = generate(E.run(req(seed=7), registry)).images[0]
+    c = generate(E.run(req(seed=8), registry)).images[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_optimisation_lowers_the_loss(registry):
+    evs = events(registry, prompt="a red circle", iterations=30, lr=0.2, preview_every=0)
+    losses = [e.metrics["loss"] for e in evs if isinstance(e, Step)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_negative_weight_gives_negative_term(registry):
+    m = events(registry, prompt="a red circle | a blue square:-1")[0].metrics
+    assert m["loss/a blue square"] < 0 < m["loss/a red circle"]
+
+
+def test_stop_keeps_what_was_made(registry):
+    seen = []
+    evs = E.run(req(iterations=50), registry, should_stop=lambda: len(seen) >= 3)
+    for ev in evs:
+        seen.append(ev)
+    final = seen[-1]
+    assert isinstance(final, Final) and final.stopped
+    assert final.meta["iterations_done"] == 3 and final.images[0].size == (32, 32)
+
+
+def test_story_phases_switch(registry):
+    evs = events(registry, prompt="a red circle ^ a green square", change_prompt_every=3)
+    steps = [e for e in evs if isinstance(e, Step)]
+    assert "loss/a red circle" in steps[2].metrics and "loss/a green square" in steps[3].metrics
+    assert steps[3].notice and "a green square" in steps[3].notice
+
+
+def test_image_noise_and_init_prompts(registry):
+    target = Image.new("RGB", (40, 24), (220, 38, 38))
+    init = Image.new("RGB", (64, 64), (35, 85, 220))
+    evs = events(registry, prompt="a red circle", image_prompts=(E.ImagePrompt(target, 0.5, name="target"),),
+                 noise_prompts=((3, 0.2),), init_image=init, init_weight=1.0)
+    m = evs[0].metrics
+    assert {"loss/target", "loss/noise 3", "loss/init"} <= set(m)
+    # the init image starts the run: the first preview is the encoded blue image
+    first = np.asarray(evs[0].previews["current"]).reshape(-1, 3).mean(0)
+    assert first[2] > first[0] + 60
+    assert evs[-1].meta["settings"]["init_image"] == media.image_digest(init)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(prompt=""), "Enter a prompt"),
+    (dict(prompt="a:b:c"), "not a number"),
+    (dict(prompt="a red circle:heavy"), "not a number"),
+    (dict(prompt="a:0 | b:0"), "zero"),
+    (dict(prompt="x" * 10_000), "limit"),
+    (dict(width=0), "Width"),
+    (dict(width=-32), "Width"),
+    (dict(width=100_000), "Width"),
+    (dict(width=30), "multiple of 4"),
+    (dict(height=float("nan")), "Height"),
+    (dict(iterations=0), "Iterations"),
+    (dict(lr=float("nan")), "Learning rate"),
+    (dict(optimiser="SGD9"), "Optimiser"),
+    (dict(cut_method="nope"), "Cutout method"),
+    (dict(augments=("Zz",)), "augmentation"),
+    (dict(cutn=0), "Cutouts"),
+    (dict(seed=-1), "Seed"),
+])
+def test_bad_input_clear_message(registry, kw, words):
+    with pytest.raises(ValueError, match=words):
+        next(E.run(req(**kw), registry))
+
+
+def test_absurd_iterations_are_capped_with_a_notice(registry):
+    ev = next(E.run(req(iterations=10**9), registry))
+    assert ev.notice and "capped" in ev.notice and ev.total == E.MAX_ITERATIONS
+
+
+def test_settings_in_png_reproduce_the_image(registry, tmp_path):
+    final = generate(E.run(req(seed=3), registry))
+    paths = media.save_png(final.images[0], tmp_path / "out.png", final.meta, enlarged_min_side=256)
+    assert len(paths) == 2 and Image.open(paths[1]).size == (256, 256)
+    meta = media.read_meta(paths[1])
+    again = generate(E.run(E.request_from_settings(meta["settings"]), registry)).images[0]
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(paths[0]).convert("RGB")))
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "cli.png"
+    rc = E.main(["a red circle:1 | on a blue background:0.5", "--iterations", "4", "--cutn", "4",
+                 "--preview-every", "1", "--video", "--out", str(out), "--threads", "1"])
+    assert rc == 0
+    assert out.exists() and (tmp_path / "cli.mp4").exists()
+    assert media.read_meta(out)["settings"]["iterations"] == 4
+    assert E.main(["a:b:c", "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().out
