@@ -236,7 +236,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
             previews["current"] = media.to_pil(x[0].detach(), value_range=(0, 1))
             frames_meta["previews"] += 1
         yield Step(ENGINE, "optimise", done, total, previews=previews,
-                   metrics={"loss": float(loss), **{n: float(v) for n, v in terms.items()}},
+                   metrics={"loss": float(loss.detach()), **{n: float(v.detach()) for n, v in terms.items()}},
                    elapsed_s=time.perf_counter() - t0, notice=notice)
         if should_stop():
             break

@@ -105,8 +105,12 @@ def build(registry, runs: RunControl) -> None:
               init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
               change_every]
 
-    def generate(*values, request: gr.Request = None):
-        *args, fps_value = values
+    def generate(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
+                 init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
+                 change_every, fps_value, request: gr.Request):
+        args = (preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
+                init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
+                change_every)
         session = session_of(request)
         flag = runs.start(session)
         writer = None
@@ -146,11 +150,11 @@ def build(registry, runs: RunControl) -> None:
         except USER_ERRORS as e:
             raise user_error(e) from None
         finally:
-            if writer is not None:
-                writer.close()
+            if writer is not None:  # closed page or error: drop the unfinished video
+                writer.abort()
             runs.finish(session, flag)
 
-    def stop(request: gr.Request = None):
+    def stop(request: gr.Request):
         runs.stop(session_of(request))
 
     def load_settings(file):
