@@ -9,6 +9,7 @@ from pipelines import vqgan_clip as engine
 from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
+from pipelines.zerogpu import gpu
 from ui.common import RunControl, Throttle, USER_ERRORS, output_dir, progress_text, session_of, user_error
 
 EXAMPLE = "a red circle:1 | on a blue background:0.5"
@@ -38,6 +39,17 @@ def _request(preset, prompt, seed, width, height, iterations, preview_every, tar
         init_weight=init_weight, seed=seed, width=width, height=height, iterations=iterations, lr=lr,
         optimiser=optimiser, cutn=cutn, cut_pow=cut_pow, cut_method=cut_method, augments=tuple(augments or ()),
         preview_every=preview_every, change_prompt_every=change_every)
+
+
+def _gpu_seconds(req, registry, stop) -> int:
+    """ZeroGPU time to ask for: generous per iteration, capped at the platform's longest."""
+    return int(min(300, 20 + 0.5 * req.iterations))
+
+
+@gpu(duration=_gpu_seconds)
+def _events(req, registry, stop):
+    """The engine's events; on a ZeroGPU Space this runs in the GPU worker (a no-op wrapper elsewhere)."""
+    yield from engine.run(req, registry, stop)
 
 
 def build(registry, runs: RunControl) -> None:
@@ -116,7 +128,7 @@ def build(registry, runs: RunControl) -> None:
         writer = None
         try:
             req = _request(*args)
-            events = engine.run(req, registry, flag.is_set)
+            events = _events(req, registry, flag.is_set)
             ev = next(events)  # validation and model loading happen here: errors surface before any output
             out = output_dir()
             writer = media.VideoWriter(media.new_output_path(out, req.prompt or "vqgan-clip", ".mp4"), fps=int(fps_value))
