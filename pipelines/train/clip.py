@@ -121,19 +121,12 @@ def train(args) -> None:
     no_decay = [p for n, p in clip.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
-    start = 0
-    if args.resume and (run_dir / "checkpoint.pt").exists():
-        start, _ = common.load_checkpoint(run_dir, clip, opt)
-        log.info("resumed at step %d", start)
-    clip, opt = accelerator.prepare(clip, opt)
-    raw = accelerator.unwrap_model(clip)
-    metrics = common.MetricLog(run_dir)
+    clip, opt, raw, start, _, metrics = common.start(args, accelerator, run_dir, clip, opt)
     gen = torch.Generator().manual_seed(args.seed)
 
     for step in range(start, args.steps):
         raw.train()
-        for g in opt.param_groups:
-            g["lr"] = common.cosine_lr(step, args.steps, args.lr)
+        common.set_lr(opt, step, args)
         imgs, captions = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
         pixels = to_pixels(imgs)
         # 1. mild noise, like the cutouts of VQGAN+CLIP see
@@ -169,7 +162,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p)
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
-    args = p.parse_args(argv)
+    args = common.parse(p, "pipelines.train.clip", argv)
     if args.eval_only:
         torch.set_num_threads(args.threads)
         print(json.dumps(evaluate(load_clip(args.out)), indent=2))

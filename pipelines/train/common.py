@@ -52,6 +52,21 @@ def setup(args, name: str):
     return Accelerator(cpu=not torch.cuda.is_available()), run_dir
 
 
+def start(args, accelerator, run_dir: Path, model, opt):
+    """Resume if asked, hand model and optimiser to accelerate; returns (model, opt, raw, step, extra, log)."""
+    step, extra = 0, {}
+    if args.resume and (run_dir / "checkpoint.pt").exists():
+        step, extra = load_checkpoint(run_dir, model, opt)
+        log.info("resumed at step %d", step)
+    model, opt = accelerator.prepare(model, opt)
+    return model, opt, accelerator.unwrap_model(model), step, extra, MetricLog(run_dir)
+
+
+def set_lr(opt, step: int, args) -> None:
+    for g in opt.param_groups:
+        g["lr"] = cosine_lr(step, args.steps, args.lr)
+
+
 def batch_rng(seed: int, step: int) -> np.random.Generator:
     """The data of step k depends only on (seed, k), so a resumed run sees the same batches."""
     return np.random.default_rng([seed, step])
@@ -89,13 +104,17 @@ class MetricLog:
         log.info(" ".join(f"{k}={v}" for k, v in rec.items()))
 
 
-def command_line() -> str:
-    return "python -m " + shlex.join([sys.modules["__main__"].__spec__.name if sys.modules["__main__"].__spec__ else sys.argv[0], *sys.argv[1:]])
+def parse(parser: argparse.ArgumentParser, module: str, argv=None):
+    """Parse the arguments and remember the exact command that was given."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.command = f"python -m {module} {shlex.join(argv)}"
+    return args
 
 
 def write_record(out: Path, args, metrics: dict, **extra) -> None:
     """train.json next to the weights: how to make them again, and how good they are."""
-    rec = {"command": command_line(), "seed": args.seed, "steps": args.steps, "batch": args.batch,
+    rec = {"command": args.command, "seed": args.seed, "steps": args.steps, "batch": args.batch,
            "threads": args.threads, "torch": torch.__version__, "metrics": metrics, **extra}
     (Path(out) / "train.json").write_text(json.dumps(rec, indent=2))
 

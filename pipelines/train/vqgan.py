@@ -159,20 +159,14 @@ def train(args) -> None:
     log.info("VQGAN with %d parameters, factor %d", count_parameters(model), model.factor)
     codebook = EMACodebook(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    start = 0
-    if args.resume and (run_dir / "checkpoint.pt").exists():
-        start, extra = common.load_checkpoint(run_dir, model, opt)
+    model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
+    if extra:
         codebook.load(extra["codebook"])
-        log.info("resumed at step %d", start)
-    model, opt = accelerator.prepare(model, opt)
-    raw = accelerator.unwrap_model(model)
-    metrics = common.MetricLog(run_dir)
     gen = torch.Generator().manual_seed(args.seed)
 
     for step in range(start, args.steps):
         model.train()
-        for g in opt.param_groups:
-            g["lr"] = common.cosine_lr(step, args.steps, args.lr)
+        common.set_lr(opt, step, args)
         imgs, _ = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
         x = to_tensor(imgs).to(accelerator.device)
         # 1. encode, quantize, decode with the straight-through estimator
@@ -220,7 +214,7 @@ def main(argv=None) -> None:
     common.add_common_args(p)
     p.add_argument("--edge-weight", type=float, default=1.0)
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
-    args = p.parse_args(argv)
+    args = common.parse(p, "pipelines.train.vqgan", argv)
     if args.eval_only:
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(args.threads)
