@@ -107,3 +107,25 @@ def test_models_panel_lists_loaded_models(client):
     list(client.submit(*args(iterations=2), api_name="/vqgan_clip"))
     table = client.predict(api_name="/models_status")
     assert "vqgan:builtin:shapes-vqgan" in table and "clip:builtin:shapes-clip" in table and "cpu" in table
+
+
+@pytest.mark.parametrize("kind, words", [("text", "not an image"), ("tiny", "at least 8 pixels"), ("huge", "8000")])
+def test_bad_images_are_clear_messages(client, tmp_path, kind, words):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / f"{kind}.png"
+    if kind == "text":
+        path.write_text("this is not a picture")
+    elif kind == "tiny":
+        Image.new("RGB", (1, 1)).save(path)
+    else:  # a valid PNG header claiming 8000x8000: refused before any pixel is decoded
+        Image.new("1", (8000, 8000)).save(path, optimize=True)
+    a = args()
+    a[7] = [handle_file(str(path))]  # as a target image
+    with pytest.raises(AppError, match=words):
+        client.predict(*a, api_name="/vqgan_clip")
+    a = args()
+    a[9] = handle_file(str(path))  # as the init image
+    with pytest.raises(AppError, match=words):
+        client.predict(*a, api_name="/vqgan_clip")

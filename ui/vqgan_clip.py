@@ -19,11 +19,16 @@ SETTING_FIELDS = ("preset", "prompt", "seed", "width", "height", "iterations", "
                   "lr", "optimiser", "cutn", "cut_pow", "cut_method", "augments", "change_prompt_every")
 
 
+def _path(f) -> str:
+    """The server-side path of an uploaded file (a str, or an object with .name)."""
+    return f if isinstance(f, str) else getattr(f, "name", str(f))
+
+
 def _request(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
              init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
              change_every) -> engine.VQGANCLIPRequest:
     """Widgets -> request; every bad value raises ValueError with a user-facing message."""
-    files = [t if isinstance(t, str) else getattr(t, "name", str(t)) for t in (targets or [])]
+    files = [_path(t) for t in (targets or [])]
     ws = (target_weights or "").replace(",", " ").split()
     if ws and len(ws) != len(files):
         raise ValueError(f"Give one weight per target image ({len(files)} images, {len(ws)} weights).")
@@ -35,7 +40,7 @@ def _request(preset, prompt, seed, width, height, iterations, preview_every, tar
     return engine.VQGANCLIPRequest(
         prompt=prompt or "", preset=preset, image_prompts=tuple(image_prompts),
         noise_prompts=tuple(P.parse_noise_prompts(noise_seeds or "", noise_weights or "")),
-        init_image=media.load_image(init_image, name="init image") if init_image else None,
+        init_image=media.load_image(_path(init_image), name="init image") if init_image else None,
         init_weight=init_weight, seed=seed, width=width, height=height, iterations=iterations, lr=lr,
         optimiser=optimiser, cutn=cutn, cut_pow=cut_pow, cut_method=cut_method, augments=tuple(augments or ()),
         preview_every=preview_every, change_prompt_every=change_every)
@@ -83,7 +88,8 @@ def build(registry, runs: RunControl) -> None:
                                   elem_id="vqc_targets")
                 target_weights = gr.Textbox(label="Target image weights", placeholder="1, 0.5 (one per image)")
                 with gr.Row():
-                    init_image = gr.Image(label="Init image", type="filepath", elem_id="vqc_init")
+                    # a File, not an Image: every upload is decoded by media.load_image, with its size limits
+                    init_image = gr.File(label="Init image", file_types=["image"], elem_id="vqc_init")
                     init_weight = gr.Number(label="Init weight", value=d["init_weight"], elem_id="vqc_init_weight")
                 with gr.Row():
                     noise_seeds = gr.Textbox(label="Noise prompt seeds", placeholder="1, 2")
@@ -174,7 +180,7 @@ def build(registry, runs: RunControl) -> None:
         if not file:
             return [gr.skip()] * (len(SETTING_FIELDS) + 1)
         try:
-            meta = media.read_meta(file if isinstance(file, str) else file.name)
+            meta = media.read_meta(_path(file))
             req = engine.request_from_settings(meta["settings"])
             load_preset(req.preset)
         except (ValueError, KeyError, TypeError) as e:
