@@ -76,7 +76,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: floa
     if step < warmup:
         return base * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
-    return base * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, t))))
+    return float(base * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, t)))))  # a plain float for the checkpoint
 
 
 def save_checkpoint(run_dir: Path, step: int, model, opt, extra: dict | None = None) -> None:
@@ -86,7 +86,9 @@ def save_checkpoint(run_dir: Path, step: int, model, opt, extra: dict | None = N
 
 
 def load_checkpoint(run_dir: Path, model, opt) -> tuple[int, dict]:
-    ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    # numpy scalars are inert data (older checkpoints stored the learning rate as one)
+    with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]):
+        ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     return ck["step"], ck["extra"]
