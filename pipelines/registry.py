@@ -123,6 +123,17 @@ def _unreachable(spec: ComponentSpec, reason: str) -> ModelUnavailable:
     return ModelUnavailable(f"The preset needs '{spec.label}' from {origin}, which cannot be reached ({reason}). {_SUGGEST}")
 
 
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:port opens within `timeout` seconds (DNS included)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "these weight files are unusable" (not programming errors)."""
     import pickle
@@ -341,13 +352,26 @@ class Registry:
 
         names = list(spec.files.values()) or ["config.json"]  # without files, config.json proves it is there
         try:
-            paths = [hf_hub_download(spec.location, n, revision=spec.revision, local_files_only=not self.allow_network)
-                     for n in names]
+            try:  # 1. the hub cache first: a downloaded model needs no network
+                paths = [hf_hub_download(spec.location, n, revision=spec.revision, local_files_only=True)
+                         for n in names]
+            except LocalEntryNotFoundError:
+                if not self.allow_network:
+                    raise
+                # 2. a quick look at the network before the hub client's minute of retries
+                from huggingface_hub import constants
+
+                if not _reachable(urlsplit(constants.ENDPOINT).hostname or "huggingface.co"):
+                    raise _unreachable(spec, "no network") from None
+                log.info("Downloading %s from the Hugging Face Hub (first use)", spec.location)
+                paths = [hf_hub_download(spec.location, n, revision=spec.revision) for n in names]
         except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
             raise _unreachable(spec, "offline" if not self.allow_network else _first_line(e)) from e
         except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError, HFValidationError) as e:
             raise ModelUnavailable(f"The Hugging Face Hub does not provide '{spec.location}' "
                                    f"({_first_line(e)}). {_SUGGEST}") from e
+        except ModelUnavailable:
+            raise
         except Exception as e:  # connection errors of the HTTP client, timeouts
             raise _unreachable(spec, _first_line(e)) from e
         if not spec.files:

@@ -531,3 +531,19 @@ def test_zerogpu_uses_spaces_when_present(monkeypatch):
     finally:
         importlib.reload(zerogpu)
     assert zerogpu.gpu(f) is f and zerogpu.ON_SPACES is False
+
+
+def test_hub_preset_without_network_fails_fast_even_when_allowed(monkeypatch, tmp_path):
+    """With the network allowed but down, the probe answers before the hub client's retries."""
+    import time
+
+    import pipelines.registry as R
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    monkeypatch.setattr(R, "_reachable", lambda host, port=443, timeout=3.0: False)
+    reg = R.Registry(device="cpu", allow_network=True)
+    t0 = time.monotonic()
+    with pytest.raises(R.ModelUnavailable, match="cannot be reached \\(no network\\).*built-in 'shapes' preset"):
+        reg.get(ComponentSpec("clip", "hub", "openai/clip-vit-base-patch32"))
+    assert time.monotonic() - t0 < 2
