@@ -431,6 +431,10 @@ class MakeCutouts(nn.Module):
             cutouts.append(resample(crop, (self.cut_size, self.cut_size)))
         return torch.cat(cutouts, dim=0)
 
+    def augment_batch(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """This module's augmentations alone, on any batch (N, 3, H, W): each image gets its own draw."""
+        return self._augment(batch, generator)
+
     def _augment(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
         if len(self.augs) == 0:
             return batch

@@ -46,4 +46,4 @@ def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):
     assert clip.encode_text(["a red circle"]).shape == (1, 128)
     assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 128)
     assert set(json.loads((out / "train.json").read_text())["metrics"]) == {
-        "r1_seen_full", "r1_heldout_full", "r1_seen_stream"}
+        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc"}

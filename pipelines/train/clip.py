@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from pipelines import shapes
 from pipelines.models.clip import CLIP, load_clip, save_clip
+from pipelines.models.vqgan import from_pretrained
+from pipelines.vqgan_clip_ops import MakeCutouts
 from pipelines.train import common
 
 log = logging.getLogger("atelier.train.clip")
@@ -109,13 +111,51 @@ def evaluate(clip: CLIP, rounds: int = 5) -> dict:
             rng = np.random.default_rng([EVAL_SEED, r, held, full])
             vals.append(recall_at_1(clip, _scenes(rng, 100, held, full), rng))
         out[name] = round(float(np.mean(vals)), 3)
+    # binding: does an image prefer its caption to the same words with two colours swapped?
+    rng = np.random.default_rng([EVAL_SEED, 99])
+    pairs = []
+    while len(pairs) < 200:
+        scene = shapes.full_caption_scene(rng)
+        swapped = swap_colours(scene.caption(), rng)
+        if swapped:
+            pairs.append((scene, swapped))
+    imgs = np.stack([np.asarray(shapes.render(sc, SIZE, rng)) for sc, _ in pairs])
+    with torch.no_grad():
+        img = F.normalize(clip.encode_image(to_pixels(imgs)), dim=-1)
+        true = F.normalize(clip.encode_text([sc.caption() for sc, _ in pairs]), dim=-1)
+        swap = F.normalize(clip.encode_text([w for _, w in pairs]), dim=-1)
+    out["binding_acc"] = round(float(((img * true).sum(-1) > (img * swap).sum(-1)).float().mean()), 3)
     return out
+
+
+def swap_colours(caption: str, rng: np.random.Generator) -> str | None:
+    """The same words with two colours exchanged (object and background, or the two objects):
+    a caption CLIP must tell apart from the original, which random batches rarely ask of it."""
+    scene = shapes.parse_caption(caption)
+    objs = list(scene.objects)
+    if len(objs) == 2 and objs[0].color != objs[1].color and rng.random() < 0.5:
+        a, b = objs
+        objs = [shapes.ObjectSpec(b.color, a.shape, a.size), shapes.ObjectSpec(a.color, b.shape, b.size)]
+        return shapes.Scene(tuple(objs), scene.position, scene.relation, scene.background).caption()
+    if scene.background is not None:
+        k = int(rng.integers(len(objs)))
+        if objs[k].color != scene.background and all(o.color != objs[k].color for i, o in enumerate(objs) if i != k):
+            bg, objs[k] = objs[k].color, shapes.ObjectSpec(scene.background, objs[k].shape, objs[k].size)
+            try:
+                return shapes.Scene(tuple(objs), scene.position, scene.relation, bg).caption()
+            except ValueError:  # the swap would put an object on its own colour
+                return None
+    return None
 
 
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "clip")
-    tokenizer = train_tokenizer(seed=args.seed)
-    clip = build_clip(tokenizer)
+    if args.init:  # fine-tune an exported CLIP (its tokenizer comes with it)
+        clip = load_clip(args.init)
+        clip.model.requires_grad_(True)
+    else:
+        clip = build_clip(train_tokenizer(seed=args.seed))
+    tokenizer = clip.tokenizer
     log.info("CLIP with %d parameters, vocabulary %d", sum(p.numel() for p in clip.parameters()), len(tokenizer))
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in clip.named_parameters() if p.ndim < 2]
@@ -123,27 +163,39 @@ def train(args) -> None:
                             lr=args.lr, betas=(0.9, 0.98))
     clip, opt, raw, start, _, metrics = common.start(args, accelerator, run_dir, clip, opt)
     gen = torch.Generator().manual_seed(args.seed)
+    vqgan = from_pretrained(args.vqgan).eval().requires_grad_(False) if args.vqgan else None
+    augment = MakeCutouts(SIZE, 1, method="latest", augments=("Af", "Pe"), noise_fac=0.0) if args.augment else None
 
     for step in range(start, args.steps):
         raw.train()
         common.set_lr(opt, step, args)
         imgs, captions = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
         pixels = to_pixels(imgs)
+        if vqgan is not None:  # half the images as the VQGAN draws them: all VQGAN+CLIP ever shows CLIP
+            with torch.no_grad():
+                half = len(pixels) // 2
+                pixels[:half] = vqgan(pixels[:half] * 2 - 1)[0].clamp(-1, 1).add(1).div(2)
+        if augment is not None:  # the affine and perspective jitter of the cutouts, one draw per image
+            with torch.no_grad():
+                pixels = augment.augment_batch(pixels, gen)
         # 1. mild noise, like the cutouts of VQGAN+CLIP see
         pixels = pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
-        # 2. symmetric InfoNCE over the batch
+        # 2. symmetric InfoNCE over the batch, plus colour-swapped captions as extra negatives for the images
+        rng = common.batch_rng(args.seed + 1, step)
+        negatives = [n for n in (swap_colours(c, rng) for c in captions) if n and n not in captions] if args.hard_negatives else []
         img = F.normalize(raw.encode_image(pixels.to(accelerator.device)), dim=-1)
-        txt = F.normalize(raw.encode_text(captions), dim=-1)
-        logits = raw.model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+        txt = F.normalize(raw.encode_text(captions + negatives), dim=-1)
+        logits = raw.model.logit_scale.exp().clamp(max=100) * img @ txt.t()  # (B, B + negatives)
         # identical captions in one batch are true matches too: spread the target over them
         same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        target_i2t = torch.cat([target, torch.zeros(len(captions), len(negatives))], dim=1)
+        loss = (F.cross_entropy(logits, target_i2t) + F.cross_entropy(logits[:, :len(captions)].t(), target)) / 2
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         opt.step()
         if (step + 1) % args.log_every == 0:
-            acc = (logits.argmax(1) == torch.arange(len(logits))).float().mean()
+            acc = (logits[:, :len(captions)].argmax(1) == torch.arange(len(logits))).float().mean()
             metrics.write(step + 1, loss=loss.item(), batch_acc=acc.item(), scale=raw.model.logit_scale.exp().item(),
                           lr=opt.param_groups[0]["lr"])
         if (step + 1) % args.sample_every == 0:
@@ -161,6 +213,10 @@ def train(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p)
+    p.add_argument("--init", help="fine-tune this exported CLIP folder instead of starting from scratch")
+    p.add_argument("--vqgan", help="a VQGAN folder: half of each batch is shown as this VQGAN reconstructs it")
+    p.add_argument("--augment", action="store_true", help="affine + perspective jitter as VQGAN+CLIP cutouts have")
+    p.add_argument("--hard-negatives", action="store_true", help="colour-swapped captions as extra negatives")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "pipelines.train.clip", argv)
     if args.eval_only:
