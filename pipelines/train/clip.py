@@ -148,6 +148,18 @@ def swap_colours(caption: str, rng: np.random.Generator) -> str | None:
     return None
 
 
+def fragment(caption: str, rng: np.random.Generator) -> str:
+    """One stated part of a caption, alone ("a red circle", "on a blue background", "at the top"):
+    true of the image, and what VQGAN+CLIP users write between '|'."""
+    scene = shapes.parse_caption(caption)
+    parts = [o.phrase() for o in scene.objects]
+    if scene.background:
+        parts.append(f"on a {scene.background} background")
+    if scene.position:
+        parts.append(scene.position)
+    return parts[int(rng.integers(len(parts)))]
+
+
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "clip")
     if args.init:  # fine-tune an exported CLIP (its tokenizer comes with it)
@@ -183,6 +195,9 @@ def train(args) -> None:
         # 2. symmetric InfoNCE over the batch, plus colour-swapped captions as extra negatives for the images
         rng = common.batch_rng(args.seed + 1, step)
         negatives = [n for n in (swap_colours(c, rng) for c in captions) if n and n not in captions] if args.hard_negatives else []
+        if args.fragments:  # some captions become one of their parts
+            captions = [fragment(c, rng) if rng.random() < args.fragments else c for c in captions]
+            negatives = [n for n in negatives if n not in captions]
         img = F.normalize(raw.encode_image(pixels.to(accelerator.device)), dim=-1)
         txt = F.normalize(raw.encode_text(captions + negatives), dim=-1)
         logits = raw.model.logit_scale.exp().clamp(max=100) * img @ txt.t()  # (B, B + negatives)
@@ -217,6 +232,7 @@ def main(argv=None) -> None:
     p.add_argument("--vqgan", help="a VQGAN folder: half of each batch is shown as this VQGAN reconstructs it")
     p.add_argument("--augment", action="store_true", help="affine + perspective jitter as VQGAN+CLIP cutouts have")
     p.add_argument("--hard-negatives", action="store_true", help="colour-swapped captions as extra negatives")
+    p.add_argument("--fragments", type=float, default=0.0, help="share of captions replaced by one of their parts")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "pipelines.train.clip", argv)
     if args.eval_only:
