@@ -199,7 +199,7 @@ def build(registry, runs: RunControl) -> None:
         except ValueError as e:
             raise user_error(e) from None
         keys = ("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments")
-        return [dflt.get(k, gr.skip()) if k in dflt else gr.skip() for k in keys]
+        return [dflt[k] if k in dflt else gr.skip() for k in keys]
 
     gen_event = run_btn.click(generate, inputs + [fps], [preview, status, final, video, files, settings],
                               api_name="vqgan_clip", concurrency_limit=1, concurrency_id="engines")
