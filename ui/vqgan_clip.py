@@ -13,6 +13,11 @@ from pipelines.zerogpu import gpu
 from ui.common import RunControl, Throttle, USER_ERRORS, output_dir, progress_text, session_of, user_error
 
 EXAMPLE = "a red circle:1 | on a blue background:0.5"
+EXAMPLES = [[EXAMPLE],
+            ["a large yellow star on a black background"],
+            ["a small green square to the left of a large purple cross on a white background"],
+            ["a blue circle:1 | a red square:-0.5 | on a white background:0.5"],
+            ["a red circle on a blue background ^ a white square on a black background"]]
 
 # widgets whose values are restored by "load settings", in this order
 SETTING_FIELDS = ("preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "init_weight",
@@ -71,6 +76,7 @@ def build(registry, runs: RunControl) -> None:
             prompt = gr.Textbox(label="Prompt", value=EXAMPLE, lines=2, elem_id="vqc_prompt",
                                 info="text:weight:stop, '|' between prompts, negative weights push away, "
                                      "'^' starts the next story phase")
+            gr.Examples(EXAMPLES, inputs=[prompt], label="Examples (shapes preset)", cache_examples=False)
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, elem_id="vqc_seed")
                 width = gr.Number(label="Width", value=d["width"], precision=0, elem_id="vqc_width")
