@@ -181,7 +181,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
 
     # 2. targets: text, image and noise prompts
     def synth(z):
-        z_q = vector_quantize(z.movedim(1, 3), codebook.to(z.dtype)).movedim(3, 1)
+        z_q = vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)
         return clamp_with_grad(vqgan.decode(z_q).float().add(1).div(2), 0, 1)
 
     def text_losses(phase):
@@ -190,6 +190,15 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         with torch.no_grad():
             emb = clip.encode_text([p.text for p in phase]).float()
         return [(f"loss/{p.text}", PromptLoss(emb[k:k + 1], p.weight, p.stop)) for k, p in enumerate(phase)]
+
+    def named(terms):
+        """Every loss term keeps its own metric, even when two prompts share a text."""
+        seen: dict[str, int] = {}
+        out = []
+        for name, fn in terms:
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name} ({seen[name]})", fn))
+        return out
 
     extra = []
     for ip in req.image_prompts:
@@ -205,8 +214,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         extra.append((f"loss/noise {seed}", PromptLoss(emb, weight)))
 
     phase_index = 0
-    losses = text_losses(phases[0]) + extra
-    frames_meta = {"previews": 0}
+    losses = named(text_losses(phases[0]) + extra)
     total = int(req.iterations)
     done = 0
     for note in notices:
@@ -217,7 +225,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         k = P.phase_at(phases, i, int(req.change_prompt_every))
         notice = None
         if k != phase_index:
-            phase_index, losses = k, text_losses(phases[k]) + extra
+            phase_index, losses = k, named(text_losses(phases[k]) + extra)
             notice = f"Story phase {k + 1}: " + " | ".join(p.text for p in phases[k])
         opt.zero_grad(set_to_none=True)
         x = synth(z)
@@ -234,7 +242,6 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         previews = {}
         if req.preview_every and (i % int(req.preview_every) == 0 or done == total):
             previews["current"] = media.to_pil(x[0].detach(), value_range=(0, 1))
-            frames_meta["previews"] += 1
         yield Step(ENGINE, "optimise", done, total, previews=previews,
                    metrics={"loss": float(loss.detach()), **{n: float(v.detach()) for n, v in terms.items()}},
                    elapsed_s=time.perf_counter() - t0, notice=notice)

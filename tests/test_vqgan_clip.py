@@ -64,6 +64,12 @@ def test_negative_weight_gives_negative_term(registry):
     assert m["loss/a blue square"] < 0 < m["loss/a red circle"]
 
 
+def test_repeated_prompt_texts_keep_every_term(registry):
+    m = events(registry, prompt="a red circle:1 | a red circle:-0.5")[0].metrics
+    assert m["loss/a red circle (2)"] == pytest.approx(-0.5 * m["loss/a red circle"], rel=1e-5)
+    assert m["loss"] == pytest.approx(0.5 * m["loss/a red circle"], rel=1e-5)
+
+
 def test_stop_keeps_what_was_made(registry):
     seen = []
     evs = E.run(req(iterations=50), registry, should_stop=lambda: len(seen) >= 3)
