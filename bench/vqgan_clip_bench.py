@@ -81,7 +81,7 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
         out = synth(z)
         # "latest": every cutout is the whole image pooled, computed once per cutout, then augmented
         cuts = torch.cat([pooled(out) for _ in range(cutn)])
-        cuts = augment._augment(cuts, None) if augments else cuts
+        cuts = augment.augment_batch(cuts) if augments else cuts
         cuts = cuts + torch.rand(cutn, 1, 1, 1) * 0.1 * torch.randn_like(cuts)
         iii = clip.encode_image(cuts).float()
         loss = sum(p(iii) for p in prompts)

@@ -285,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.registry import Registry
+    from pipelines.registry import ModelUnavailable, Registry
 
     d = VQGANCLIPRequest()
     p = argparse.ArgumentParser(prog="python -m pipelines.vqgan_clip", description="VQGAN+CLIP from the command line.")
@@ -351,14 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     video.append(ev.images[0])
                     paths.append(video.close())
                 print("\n".join(str(x) for x in paths if x))
-    except ValueError as e:  # bad input: one clear line, exit code 2
+    except (ValueError, ModelUnavailable) as e:  # bad input, missing weights, no network: one clear line
         print(f"error: {e}")
         return 2
-    except Exception as e:  # noqa: BLE001  (missing weights, no network)
-        if type(e).__name__ in ("ModelUnavailable", "PresetError"):
-            print(f"error: {e}")
-            return 2
-        raise
     return 0
 
 

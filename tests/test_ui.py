@@ -129,3 +129,15 @@ def test_bad_images_are_clear_messages(client, tmp_path, kind, words):
     a[9] = handle_file(str(path))  # as the init image
     with pytest.raises(AppError, match=words):
         client.predict(*a, api_name="/vqgan_clip")
+
+
+def test_target_weight_that_is_not_a_number(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / "target.png"
+    Image.new("RGB", (32, 32), (220, 38, 38)).save(path)
+    a = args()
+    a[7], a[8] = [handle_file(str(path))], "heavy"
+    with pytest.raises(AppError, match="'heavy' of target image 1 is not a number"):
+        client.predict(*a, api_name="/vqgan_clip")

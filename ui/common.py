@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines import media
+from pipelines.registry import ModelUnavailable
 
 # small built-in images stay crisp when the browser enlarges them
 CSS = """
@@ -62,13 +62,7 @@ def user_error(e: Exception) -> gr.Error:
     return gr.Error(str(e).strip() or type(e).__name__, duration=None)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError)  # bad input, missing or damaged weights
-try:  # the registry's own error types, when present
-    from pipelines.registry import ModelUnavailable
-
-    USER_ERRORS = USER_ERRORS + (ModelUnavailable,)
-except ImportError:  # pragma: no cover
-    pass
+USER_ERRORS = (ValueError, FileNotFoundError, ModelUnavailable)  # bad input, missing or damaged weights, no network
 
 
 def progress_text(step: int, total: int, elapsed: float, metrics: dict) -> str:

@@ -39,7 +39,10 @@ def _request(preset, prompt, seed, width, height, iterations, preview_every, tar
         raise ValueError(f"Give one weight per target image ({len(files)} images, {len(ws)} weights).")
     image_prompts = []
     for k, path in enumerate(files):
-        w = P.split_prompt("x:" + ws[k]).weight if ws else 1.0  # the prompt syntax's number rules
+        try:
+            w = float(ws[k]) if ws else 1.0  # the engine rejects NaN and infinities
+        except ValueError:
+            raise ValueError(f"The weight {ws[k]!r} of target image {k + 1} is not a number.") from None
         name = f"target image {k + 1}"
         image_prompts.append(engine.ImagePrompt(media.load_image(path, name=name), w, float("-inf"), name))
     return engine.VQGANCLIPRequest(
