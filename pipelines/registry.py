@@ -171,7 +171,8 @@ class Registry:
         self._key_locks: dict[str, threading.Lock] = {}
         self._resolved: dict[str, Path | str] = {}
         self._loaders: dict[str, Loader] = {}
-        defaults = {"vqgan": load_vqgan_component, "clip": load_clip_component}
+        defaults = {"vqgan": load_vqgan_component, "clip": load_clip_component,
+                    "diffusion": load_diffusion_component, "dalle": load_dalle_component}
         for kind, fn in (defaults if loaders is None else loaders).items():
             self.register_loader(kind, fn)
 
@@ -458,3 +459,20 @@ def load_clip_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
     from .models.clip import load_clip
 
     return load_clip(registry.resolve(spec), local_files_only=not registry.allow_network)
+
+
+def load_diffusion_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """Atelier's latent diffusion folder, or a diffusers unconditional pipeline (hub ones name their `files`)."""
+    from .models.diffusion import load_any
+
+    where = registry.resolve(spec)
+    if isinstance(where, str):
+        raise ValueError("a hub diffusion model needs \"files\" naming its config, weights and scheduler_config.json")
+    return load_any(where)
+
+
+def load_dalle_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """A DALL-E folder: the GPT (config.json + model.safetensors), dalle.json and tokenizer.json."""
+    from .models.dalle import from_pretrained
+
+    return from_pretrained(registry.resolve(spec))

@@ -5,7 +5,7 @@ import gradio as gr
 
 from pipelines import __version__
 from ui import models as models_panel
-from ui import vqgan_clip
+from ui import diffusion, vqgan_clip
 from ui.common import RunControl
 
 
@@ -16,6 +16,8 @@ def build_demo(registry) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("VQGAN+CLIP", id="vqgan_clip"):
                 vqgan_clip.build(registry, runs)
+            with gr.Tab("Diffusion", id="diffusion"):
+                diffusion.build(registry, runs)
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)

@@ -67,7 +67,7 @@ def _events(req, registry, stop):
 
 def build(registry, runs: RunControl) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
-    presets = list_presets()
+    presets = [p for p in list_presets() if {"vqgan", "clip"} <= set(p.components)]  # not diffusion-only ones
     first = presets[0]
     d = {**{f: getattr(engine.VQGANCLIPRequest(), f) for f in SETTING_FIELDS if f != "preset"},
          **first.defaults.get(engine.ENGINE, {})}

@@ -1,0 +1,350 @@
+"""Diffusion: denoise from pure noise (or a noised init image) to a picture, step by step.
+
+The engine runs any denoiser from `pipelines/models/diffusion.py` through a diffusers
+scheduler (DDPM, DDIM or DPM-Solver++), with the loop of `pipelines/diffusion_sampling.py`:
+
+    z_T ~ N(0, I)                       or  z_t = add_noise(encode(init), eps, t_start)   (image to image)
+    for t in timesteps:                 out = u + g (c - u)   classifier-free guidance, one batch
+                                        z_t -> scheduler.step -> z_(t-1);  x0_pred for the preview
+    image = decode(z_0)                 VQGAN quantize + decoder for latent models; pixels as they are
+
+For the built-in shapes model z is the VQGAN's normalised 8x8x16 latent and the text
+comes from the built-in CLIP; the negative prompt takes the empty caption's place in
+guidance. Unconditional diffusers checkpoints (`google/ddpm-cifar10-32`) run in pixel
+space and ignore prompt, negative prompt and guidance.
+
+Every step yields a `Step`; every `preview_every` steps it carries `x_t` (the noisy
+sample) and `x0_pred` (the model's clean estimate), each a row of the batch. Stop keeps
+the last clean estimate. `trajectory_strip` and `side_by_side` turn the previews into the
+strip and the video frames that the tab and the command line show.
+
+Command line: `python -m pipelines.diffusion "a red circle above a blue square" --video`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines import __version__, media
+from pipelines.diffusion_sampling import ETA_SAMPLERS, SAMPLERS, denoise, make_scheduler
+from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.presets import load_preset
+
+log = logging.getLogger(__name__)
+
+ENGINE = "diffusion"
+MAX_STEPS = 1000          # the training schedule has 1000 timesteps
+MAX_BATCH = 16
+MAX_GUIDANCE = 50.0
+MAX_ASPECT = 4.0          # init images wider or taller than this are refused, not squashed
+
+
+@dataclass(frozen=True)
+class DiffusionRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    preset: str = "shapes"
+    sampler: str = "DPM-Solver++"         # a SAMPLERS key
+    steps: int = 25
+    guidance: float = 3.0                 # 1: plain conditional; 0: the negative prompt alone
+    eta: float = 0.0                      # DDIM only: 0 deterministic, 1 as noisy as DDPM
+    seed: int = 0
+    batch: int = 1
+    init_image: Image.Image | None = None
+    strength: float = 0.75                # image to image: share of the schedule run from the noised init
+    preview_every: int = 5                # 0 = no previews (and no video frames)
+
+    def replace(self, **kw) -> "DiffusionRequest":
+        return dataclasses.replace(self, **kw)
+
+
+def _number(name: str, value, lo: float, hi: float, integer: bool = False) -> float:
+    """A finite number in [lo, hi], or a ValueError naming the allowed range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if not math.isfinite(v) or v < lo or v > hi or (integer and v != int(v)):
+        kind = "a whole number" if integer else "a number"
+        raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g} (got {value!r})")
+    return int(v) if integer else v
+
+
+def validate(req: DiffusionRequest) -> DiffusionRequest:
+    """Check every field before any model loads; numbers come back as int/float."""
+    if req.sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {req.sampler!r}: choose one of {', '.join(SAMPLERS)}.")
+    if not isinstance(req.prompt, str) or not isinstance(req.negative_prompt, str):
+        raise ValueError("Prompt and negative prompt must be text.")
+    if req.init_image is not None:
+        w, h = req.init_image.size
+        if max(w, h) / min(w, h) > MAX_ASPECT:
+            raise ValueError(f"The init image is {w}x{h}; its sides may differ by at most {MAX_ASPECT:g}x "
+                             "(crop it closer to a square).")
+    return req.replace(
+        steps=_number("Steps", req.steps, 1, MAX_STEPS, integer=True),
+        guidance=_number("Guidance scale", req.guidance, 0, MAX_GUIDANCE),
+        eta=_number("Eta", req.eta, 0, 1),
+        seed=_number("Seed", req.seed, 0, 2**63 - 1, integer=True),
+        batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
+        strength=_number("Strength", req.strength, 0, 1),
+        preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
+
+
+def _settings(req: DiffusionRequest) -> dict:
+    """The request as plain JSON data; the init image becomes its digest."""
+    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
+    d["init_image"] = media.image_digest(req.init_image) if req.init_image is not None else None
+    return d
+
+
+def request_from_settings(settings: dict, **overrides) -> DiffusionRequest:
+    """Rebuild a request from the `settings` in an image's metadata (the init image is not stored)."""
+    fields = {f.name for f in dataclasses.fields(DiffusionRequest)}
+    kw = {k: v for k, v in settings.items() if k in fields and k != "init_image"}
+    return DiffusionRequest(**{**kw, **overrides})
+
+
+def components(preset) -> dict:
+    """Role -> spec: the preset's diffusion model, plus the VQGAN and CLIP a latent text-to-image model needs."""
+    if "diffusion" not in preset.components:
+        raise ValueError(f"The preset '{preset.name}' has no diffusion model; choose one that has.")
+    return {k: preset.components[k] for k in ("diffusion", "vqgan", "clip") if k in preset.components}
+
+
+def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
+    """The engine: validate, take the preset's models from the registry, then `sample`."""
+    req = validate(req)
+    preset = load_preset(req.preset)
+    specs = components(preset)
+    with registry.use(*specs.values()) as models:
+        parts = dict(zip(specs, models))
+        info = {"preset": preset.name, "models": registry.describe(*specs.values())}
+        yield from sample(req, parts["diffusion"], parts.get("vqgan"), parts.get("clip"), registry.device,
+                          should_stop, info)
+
+
+# ---------------------------------------------------------------------------
+# The sampling loop over given models (the benchmark drives it with its own)
+# ---------------------------------------------------------------------------
+
+
+def _encode(model, vqgan, x: torch.Tensor) -> torch.Tensor:
+    """Image in [-1, 1] -> the space the model denoises in."""
+    return model.normalize(vqgan.encode_latent(x)) if model.latent else x
+
+
+def _decode(model, vqgan, z: torch.Tensor) -> torch.Tensor:
+    """The model's space -> image in [-1, 1] (clamped)."""
+    if model.latent:
+        z_q = vqgan.quantize(model.denormalize(z))[0]
+        return vqgan.decode(z_q).clamp(-1, 1)
+    return z.clamp(-1, 1)
+
+
+def _row(x: torch.Tensor) -> Image.Image:
+    """A batch (B, 3, H, W) in [-1, 1] as one image, side by side."""
+    return Image.fromarray(np.concatenate([media.to_uint8(img) for img in x.float().cpu()], axis=1))
+
+
+def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopCheck = never_stop,
+           info: dict | None = None) -> Iterator[Step | Final]:
+    t0 = time.perf_counter()
+    req = validate(req)
+    if model.conditional and (vqgan is None or clip is None):
+        raise ValueError("This diffusion model needs the preset's VQGAN and CLIP components.")
+    gen = torch.Generator().manual_seed(req.seed)
+    B = req.batch
+    shape = model.sample_shape
+    notices = []
+    if not model.conditional and (req.prompt.strip() or req.negative_prompt.strip()):
+        notices.append("This model is unconditional: the prompts are ignored.")
+    dtype = next(model.parameters()).dtype
+
+    # 1. the schedule, and where image to image enters it
+    scheduler = make_scheduler(req.sampler, model.scheduler_config)
+    scheduler.set_timesteps(req.steps, device=device)
+    start = 0
+    if req.init_image is not None:
+        start = req.steps - min(req.steps, int(round(req.steps * req.strength)))
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+    total = req.steps - start
+
+    # 2. the starting sample: noise, or the init image noised to the first timestep used
+    noise = torch.randn((B, *shape), generator=gen).to(device, dtype)
+    if req.init_image is not None:
+        side = shape[-1] * (vqgan.factor if model.latent else 1)
+        init = _square(req.init_image.convert("RGB"), side)
+        x_init = torch.from_numpy(np.asarray(init)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        with torch.no_grad():
+            z0 = _encode(model, vqgan, x_init.to(device, dtype)).repeat(B, 1, 1, 1)
+        x = scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(B)) if total else z0
+    else:
+        x = noise * scheduler.init_noise_sigma
+
+    # 3. text conditioning: the prompt, and the negative prompt in the empty caption's place
+    text_emb = null_emb = None
+    if model.conditional:
+        from pipelines.models.diffusion import encode_text
+
+        with torch.no_grad():
+            text_emb = encode_text(clip, [req.prompt] * B, model.config.text_len).to(dtype)
+            null_emb = encode_text(clip, [req.negative_prompt] * B, model.config.text_len).to(dtype)
+
+    for note in notices:
+        yield Step(ENGINE, "denoise", 0, total, notice=note)
+    x0_pred, done = x, 0
+    for s in denoise(model, scheduler, x, text_emb, null_emb, req.guidance, gen, req.eta, start):
+        x, x0_pred, done = s.x_next, s.x0_pred, s.i + 1
+        previews = {}
+        if req.preview_every and (s.i % req.preview_every == 0 or done == total):
+            with torch.no_grad():
+                both = _decode(model, vqgan, torch.cat([s.x_t, s.x0_pred]))
+            previews = {"x_t": _row(both[:B]), "x0_pred": _row(both[B:])}
+        yield Step(ENGINE, "denoise", done, total, t=float(s.t), previews=previews,
+                   elapsed_s=time.perf_counter() - t0)
+        if should_stop():
+            break
+
+    # 4. the pictures: the finished sample, or on Stop the last clean estimate
+    stopped = done < total
+    with torch.no_grad():
+        images = _decode(model, vqgan, x0_pred if stopped else x)
+    meta = {
+        "engine": ENGINE, "app_version": __version__, **(info or {}),
+        "settings": _settings(req), "steps_done": done, "steps_total": total, "stopped": stopped,
+        "conditional": bool(model.conditional), "seconds": round(time.perf_counter() - t0, 3), "device": str(device),
+    }
+    yield Final(ENGINE, [media.to_pil(img) for img in images.float().cpu()], meta, stopped=stopped)
+
+
+def _square(img: Image.Image, side: int) -> Image.Image:
+    """Centre-crop to a square, then resize to side x side."""
+    w, h = img.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return img.resize((side, side), Image.Resampling.LANCZOS, box=box)
+
+
+# ---------------------------------------------------------------------------
+# Strip and video from the previews
+# ---------------------------------------------------------------------------
+
+
+def side_by_side(x_t: Image.Image, x0_pred: Image.Image, gap: int = 2) -> Image.Image:
+    """x_t on the left, x0_pred on the right: one video frame."""
+    out = Image.new("RGB", (x_t.width + gap + x0_pred.width, max(x_t.height, x0_pred.height)), (255, 255, 255))
+    out.paste(x_t, (0, 0))
+    out.paste(x0_pred, (x_t.width + gap, 0))
+    return out
+
+
+def trajectory_strip(frames: list[tuple[Image.Image, Image.Image]], max_columns: int = 12,
+                     gap: int = 2) -> Image.Image | None:
+    """The run as a strip: x_t on the top row, x0_pred below, at up to max_columns evenly spaced
+    previews (first and last included). frames are (x_t, x0_pred) pairs in step order."""
+    if not frames:
+        return None
+    keep = sorted(set(np.linspace(0, len(frames) - 1, min(max_columns, len(frames))).round().astype(int)))
+    w, h = frames[0][0].size
+    strip = Image.new("RGB", (len(keep) * (w + gap) - gap, 2 * h + gap), (255, 255, 255))
+    for col, k in enumerate(keep):
+        strip.paste(frames[k][0], (col * (w + gap), 0))
+        strip.paste(frames[k][1], (col * (w + gap), h + gap))
+    return strip
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from pipelines.registry import ModelUnavailable, Registry
+
+    d = DiffusionRequest()
+    p = argparse.ArgumentParser(prog="python -m pipelines.diffusion", description="Diffusion from the command line.")
+    p.add_argument("prompt", nargs="?", default="", help="what to draw (ignored by unconditional models)")
+    p.add_argument("--negative", default="", help="negative prompt")
+    p.add_argument("--preset", default=d.preset)
+    p.add_argument("--sampler", default=None, choices=list(SAMPLERS))
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--eta", type=float, default=d.eta)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--init-image")
+    p.add_argument("--strength", type=float, default=d.strength)
+    p.add_argument("--preview-every", type=int, default=None)
+    p.add_argument("--out", default="outputs/diffusion.png", help="PNG path; strip and video go beside it")
+    p.add_argument("--video", action="store_true", help="write an H.264 mp4 of x_t | x0_pred")
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        defaults = dict(load_preset(a.preset).defaults.get(ENGINE, {}))
+
+        def pick(value, key):
+            return value if value is not None else defaults.get(key, getattr(d, key))
+
+        req = DiffusionRequest(
+            prompt=a.prompt, negative_prompt=a.negative, preset=a.preset, sampler=pick(a.sampler, "sampler"),
+            steps=pick(a.steps, "steps"), guidance=pick(a.guidance, "guidance"), eta=a.eta, seed=a.seed,
+            batch=a.batch, init_image=media.load_image(a.init_image, name="init image") if a.init_image else None,
+            strength=a.strength, preview_every=pick(a.preview_every, "preview_every"))
+        registry = Registry(device=a.device)
+        stop = {"now": False}
+        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
+        stem = str(a.out).rsplit(".", 1)[0]
+        video = media.VideoWriter(stem + ".mp4", fps=a.fps) if a.video else None
+        frames = []
+        bar = None
+        for ev in run(req, registry, lambda: stop["now"]):
+            if isinstance(ev, Step):
+                bar = bar or tqdm(total=ev.total, unit="step")
+                bar.update(ev.step - bar.n)
+                if ev.notice:
+                    bar.write(ev.notice)
+                if "x_t" in ev.previews:
+                    frames.append((ev.previews["x_t"], ev.previews["x0_pred"]))
+                    if video:
+                        video.append(side_by_side(*frames[-1]))
+            else:
+                if bar:
+                    bar.close()
+                paths = []
+                for k, img in enumerate(ev.images):
+                    path = a.out if len(ev.images) == 1 else f"{stem}_{k}.png"
+                    paths += media.save_png(img, path, {**ev.meta, "batch_index": k}, enlarged_min_side=256)
+                strip = trajectory_strip(frames)
+                if strip is not None:
+                    paths += media.save_png(media.enlarge(strip, 256), stem + "_strip.png", ev.meta)
+                if video:
+                    paths.append(video.close())
+                print("\n".join(str(x) for x in paths if x))
+    except (ValueError, ModelUnavailable) as e:  # bad input, missing weights, no network: one clear line
+        print(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

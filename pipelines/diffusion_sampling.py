@@ -1,0 +1,98 @@
+"""The denoising loop of the diffusion engine, over diffusers schedulers.
+
+Kept apart from the engine (`pipelines/diffusion.py`) so the training command draws
+its sample grids with exactly the loop the app runs. The loop is a generator of
+`SamplerStep`s, the same names in every sampler:
+
+    x_t      the sample entering step i (noisy; pure noise at i = 0 for text-to-image)
+    x0_pred  the model's estimate of the clean sample from x_t   (diffusers: pred_original_sample)
+    x_next   the sample after the step                           (diffusers: prev_sample)
+
+Each step is two calls, as in diffusers' pipelines: the model, then `scheduler.step`.
+x0_pred is computed here from the model output, so every scheduler (DPM-Solver++
+returns none) previews the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+# name shown to the user -> (diffusers class name, extra config)
+SAMPLERS: dict[str, tuple[str, dict]] = {
+    "DPM-Solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DDIM": ("DDIMScheduler", {"set_alpha_to_one": False}),
+    "DDPM": ("DDPMScheduler", {}),
+}
+ETA_SAMPLERS = ("DDIM",)   # the only one whose step takes eta (0: deterministic, 1: DDPM-like noise)
+
+
+@dataclass(frozen=True)
+class SamplerStep:
+    i: int
+    t: int
+    x_t: torch.Tensor
+    x0_pred: torch.Tensor
+    x_next: torch.Tensor
+
+
+def make_scheduler(name: str, config: dict):
+    """A fresh diffusers scheduler for `name` (a SAMPLERS key) matching the model's noise schedule."""
+    import diffusers
+
+    if name not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}.")
+    cls_name, extra = SAMPLERS[name]
+    return getattr(diffusers, cls_name).from_config({**config, **extra})
+
+
+def predict_x0(scheduler, out: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
+    """x0 from the network output at timestep t, for eps-, v- or sample-prediction models.
+
+    Notation: a = alphas_cumprod[t];  x_t = sqrt(a) x0 + sqrt(1 - a) eps;  v = sqrt(a) eps - sqrt(1 - a) x0.
+    """
+    a = scheduler.alphas_cumprod[int(t)].to(x_t.device, x_t.dtype)
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x_t - (1 - a).sqrt() * out) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x_t - (1 - a).sqrt() * out
+    return out
+
+
+@torch.no_grad()
+def denoise(model, scheduler, x: torch.Tensor, text_emb: torch.Tensor | None, null_emb: torch.Tensor | None,
+            guidance: float, generator: torch.Generator, eta: float = 0.0, start: int = 0) -> Iterator[SamplerStep]:
+    """Run `scheduler.timesteps[start:]` from x; classifier-free guidance when guidance != 1.
+
+    text_emb (B, T, D) conditions the model, null_emb (B, T, D) is the empty caption's; both are
+    None for unconditional models. With guidance g the prediction is u + g (c - u): the
+    conditional and unconditional passes share one batch.
+    """
+    guided = model.conditional and guidance != 1.0
+    step_kwargs = {"generator": generator}
+    if isinstance(scheduler, _ddim()):
+        step_kwargs["eta"] = eta
+    for i, t in enumerate(scheduler.timesteps[start:]):
+        # 1. the model's prediction at t, guided
+        x_in = scheduler.scale_model_input(x, t)
+        t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        if guided:
+            both = model(torch.cat([x_in, x_in]), torch.cat([t_batch, t_batch]), torch.cat([null_emb, text_emb]))
+            uncond, cond = both.chunk(2)
+            out = uncond + guidance * (cond - uncond)
+        else:
+            out = model(x_in, t_batch, text_emb)
+        # 2. the clean-sample estimate, for previews
+        x0_pred = predict_x0(scheduler, out, x, t)
+        # 3. one scheduler step to the next, less noisy sample
+        x_next = scheduler.step(out, t, x, **step_kwargs).prev_sample
+        yield SamplerStep(i, int(t), x, x0_pred, x_next)
+        x = x_next
+
+
+def _ddim():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler

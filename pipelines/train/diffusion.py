@@ -1,0 +1,175 @@
+"""Train the built-in shapes diffusion model: a text-conditioned UNet over VQGAN latents.
+
+    python -m pipelines.train.diffusion --out presets/weights/shapes-diffusion --steps 3000
+
+1. Each step draws fresh scenes from the shapes stream (held-out colour+shape pairs
+   excluded), encodes them with the built-in VQGAN to pre-quantisation latents h and
+   normalises them per channel (statistics measured on --stat-images scenes first).
+2. Captions go through the built-in CLIP's text encoder (frozen); a share of them
+   (--caption-dropout) is replaced by the empty caption, which is what classifier-free
+   guidance subtracts at sampling time.
+3. DDPM's objective: noise z at a uniform timestep t and regress the noise, each
+   timestep weighted by min(SNR, gamma) / SNR (Hang et al., "Min-SNR", 2023), which
+   stops the nearly clean timesteps dominating the gradient.
+4. An exponential moving average of the weights is kept (--ema); grids and the export
+   use it. Sample grids are drawn with the app's own loop (DPM-Solver++, 20 steps).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines import shapes
+from pipelines.diffusion_sampling import denoise, make_scheduler
+from pipelines.models.clip import load_clip
+from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text, save_pretrained
+from pipelines.models.vqgan import from_pretrained as load_vqgan
+from pipelines.train import common
+
+log = logging.getLogger("atelier.train.diffusion")
+
+SIZE = 32
+GRID_CAPTIONS = [
+    "a red circle", "a large blue star at the top on a white background", "a small green square to the left of a large purple cross",
+    "a yellow diamond above a black circle on a blue background", "a purple star", "a green triangle on the left",
+    "a orange circle", "a white cross below a red square",
+]
+
+
+def to_x(batch_u8: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.array(batch_u8)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+@torch.no_grad()
+def latent_stats(vqgan, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of h over n training scenes."""
+    hs = []
+    rng = np.random.default_rng([seed, 10**6])
+    for k in range(0, n, 256):
+        imgs, _ = shapes.sample_batch(min(256, n - k), SIZE, rng)
+        hs.append(vqgan.encode_latent(to_x(imgs)))
+    h = torch.cat(hs)
+    return h.mean(dim=(0, 2, 3)), h.std(dim=(0, 2, 3))
+
+
+@torch.no_grad()
+def sample_images(model, vqgan, clip, captions: list[str], seed: int, steps: int = 20, guidance: float = 4.0) -> np.ndarray:
+    """uint8 (N, 32, 32, 3) images for captions, drawn with the engine's loop."""
+    gen = torch.Generator().manual_seed(seed)
+    scheduler = make_scheduler("DPM-Solver++", model.scheduler_config)
+    scheduler.set_timesteps(steps)
+    text = encode_text(clip, captions, model.config.text_len)
+    null = encode_text(clip, [""] * len(captions), model.config.text_len)
+    z = torch.randn((len(captions), *model.sample_shape), generator=gen)
+    for s in denoise(model, scheduler, z, text, null, guidance, gen):
+        z = s.x_next
+    x = vqgan.decode(vqgan.quantize(model.denormalize(z))[0])
+    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def ema_update(ema, model, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def train(args) -> None:
+    accelerator, run_dir = common.setup(args, "diffusion")
+    vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False)
+    clip = load_clip(args.clip).eval().requires_grad_(False)
+    cfg = DiffusionConfig(block_out_channels=tuple(int(c) for c in args.channels.split(",")),
+                          layers_per_block=args.layers, latent_channels=vqgan.config.embed_dim,
+                          latent_size=SIZE // vqgan.factor, image_size=SIZE,
+                          text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
+                          vqgan=Path(args.vqgan).name, clip=Path(args.clip).name)
+    model = LatentDiffusion(cfg)
+    model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("UNet with %d parameters; latent mean %s std %s", n_params,
+             np.round(cfg.latent_mean, 2).tolist(), np.round(cfg.latent_std, 2).tolist())
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
+    if "ema" in extra:
+        ema.load_state_dict(extra["ema"])
+    noise_sched = make_scheduler("DDPM", raw.scheduler_config)
+    alphas = noise_sched.alphas_cumprod                            # (T,)
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=args.snr_gamma) / snr if args.snr_gamma > 0 else torch.ones_like(snr)
+    device = accelerator.device
+    vqgan.to(device), clip.to(device), ema.to(device)
+
+    for step in range(start, args.steps):
+        raw.train()
+        common.set_lr(opt, step, args)
+        # 1. fresh scenes -> normalised latents z0; captions -> text states (some dropped)
+        rng = common.batch_rng(args.seed, step)
+        imgs, captions = shapes.sample_batch(args.batch, SIZE, rng)
+        captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
+        with torch.no_grad():
+            z0 = raw.normalize(vqgan.encode_latent(to_x(imgs).to(device)))     # (B, 16, 8, 8)
+            text_emb = encode_text(clip, captions, cfg.text_len)               # (B, 32, 128)
+        # 2. noise at uniform timesteps
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        eps = torch.randn(z0.shape, generator=gen).to(device)
+        t = torch.randint(0, cfg.num_train_timesteps, (len(z0),), generator=gen)
+        z_t = noise_sched.add_noise(z0, eps, t.to(device))
+        # 3. predict the noise; min-SNR weighted MSE
+        pred = model(z_t, t.to(device), text_emb)
+        per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * weight[t].to(device)).mean()
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, raw, args.ema if step >= args.ema_start else 0.0)
+        if (step + 1) % args.log_every == 0:
+            metrics.write(step + 1, loss=loss.item(), mse=per_sample.mean().item(), grad_norm=float(grad_norm),
+                          lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
+        if (step + 1) % args.sample_every == 0 or step + 1 == args.steps:
+            ema.eval()
+            rows = [sample_images(ema, vqgan, clip, GRID_CAPTIONS, seed, args.grid_steps) for seed in range(3)]
+            common.save_grid(rows, run_dir / f"samples_{step + 1:06d}.png")
+
+    ema.eval()
+    save_pretrained(ema, args.out)
+    out = Path(args.out)
+    shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
+    rows = [sample_images(ema, vqgan, clip, GRID_CAPTIONS, seed, args.grid_steps) for seed in range(4)]
+    common.save_grid(rows, out / "samples.png")
+    last = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
+    common.write_record(out, args, {k: last[k] for k in ("loss", "mse") if k in last}, parameters=n_params,
+                        images_seen=args.steps * args.batch, grid_captions=GRID_CAPTIONS)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(p)
+    p.set_defaults(lr=5e-4, batch=64)
+    p.add_argument("--vqgan", default="presets/weights/shapes-vqgan")
+    p.add_argument("--clip", default="presets/weights/shapes-clip")
+    p.add_argument("--channels", default="64,128", help="UNet block widths, one per level")
+    p.add_argument("--layers", type=int, default=1, help="ResNet+attention layers per UNet block")
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
+    p.add_argument("--stat-images", type=int, default=2048)
+    p.add_argument("--grid-steps", type=int, default=20, help="DPM-Solver++ steps for the sample grids")
+    args = common.parse(p, "pipelines.train.diffusion", argv)
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
