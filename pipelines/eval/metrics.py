@@ -44,7 +44,7 @@ def r_precision(image_feats: np.ndarray, true_idx: list[int], text_feats: np.nda
     for f, t in zip(image_feats, true_idx):
         others = rng.choice(np.delete(np.arange(n_text), t), size=k, replace=False)
         sims = text_feats[np.concatenate([[t], others])] @ f
-        hits += int(np.argmax(sims) == 0)
+        hits += int(sims[0] > sims[1:].max(initial=-np.inf))   # a tie is not a hit
     return hits / len(true_idx)
 
 
