@@ -1,0 +1,328 @@
+"""DALL-E: a GPT writes the image as VQGAN codes after the caption; CLIP picks the best.
+
+The recipe of Ramesh et al. (2021) over the preset's models (`pipelines/models/dalle.py`):
+
+    text     = tokenize(prompt)                           (T,) padded, truncated with a notice
+    codes    = gpt.sample(text, ...)                      (B, 64) all candidates as one batch,
+                                                          KV cache, image positions score codes only
+    images   = vqgan.decode(codes)                        (B, 3, 32, 32)
+    ranked   = sort by CLIP cosine(image, prompt)         best first (when rerank is on)
+
+Previews: after every row of 8 codes the partial grids of all candidates are decoded,
+with the positions not yet written painted flat grey, and tiled into one picture.
+Image completion keeps the first `keep_rows` rows of an uploaded image's codes and lets
+the model write the rest (the paper's image-to-image trick). Stop ends the run after
+the current code and returns the candidates as far as they got (grey where unwritten).
+
+Command line: `python -m pipelines.dalle "a large yellow diamond above a small blue circle"`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines import __version__, media
+from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.presets import load_preset
+
+log = logging.getLogger(__name__)
+
+ENGINE = "dalle"
+MAX_CANDIDATES = 64
+MAX_TEMPERATURE = 100.0
+MAX_GUIDANCE = 50.0
+UNKNOWN_GREY = 0.5          # the colour of positions not written yet (no palette colour is grey)
+
+
+@dataclass(frozen=True)
+class DalleRequest:
+    prompt: str = ""
+    preset: str = "shapes"
+    candidates: int = 8
+    temperature: float = 1.0
+    top_k: int = 1024                    # sample among the k likeliest codes; the codebook size = no limit
+    top_p: float = 1.0                   # 1 = no nucleus filtering
+    guidance: float = 1.0                # classifier-free ("supercondition") scale; 1 = off
+    seed: int = 0
+    rerank: bool = True                  # order the candidates by CLIP, best first
+    init_image: Image.Image | None = None  # image completion: keep its top rows
+    keep_rows: int = 4                   # rows of the init image's codes that are kept
+
+    def replace(self, **kw) -> "DalleRequest":
+        return dataclasses.replace(self, **kw)
+
+
+def _number(name: str, value, lo: float, hi: float, integer: bool = False, lo_open: bool = False) -> float:
+    """A finite number in [lo, hi] ((lo, hi] when lo_open), or a ValueError naming the allowed range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {value!r}.") from None
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi or (integer and v != int(v)):
+        kind = "a whole number" if integer else "a number"
+        lower = f"above {lo:g} and at most" if lo_open else f"from {lo:g} to"
+        raise ValueError(f"{name} must be {kind} {lower} {hi:g} (got {value!r}).")
+    return int(v) if integer else v
+
+
+def validate(req: DalleRequest, model) -> tuple[DalleRequest, torch.Tensor, list[str]]:
+    """Check every field against the model; return the request, its text ids (1, T) and notices."""
+    cfg = model.config
+    notices = []
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError("Enter a prompt, e.g. 'a large yellow diamond above a small blue circle'.")
+    _number("Candidates", req.candidates, 1, MAX_CANDIDATES, integer=True)
+    _number("Temperature", req.temperature, 0, MAX_TEMPERATURE, lo_open=True)
+    _number("Top-k", req.top_k, 1, cfg.n_codes, integer=True)
+    _number("Top-p", req.top_p, 0, 1, lo_open=True)
+    _number("Guidance scale", req.guidance, 0, MAX_GUIDANCE)
+    _number("Seed", req.seed, 0, 2**63 - 1, integer=True)
+    if req.init_image is not None:
+        _number("Rows to keep", req.keep_rows, 1, cfg.grid - 1, integer=True)
+    text, kept = model.text([req.prompt])
+    if kept[0] is not None:
+        notices.append(f"The prompt is longer than the model's text context ({cfg.text_len} tokens); "
+                       f"only this part is read: '{kept[0].strip()}'.")
+    return req, text, notices
+
+
+def completion_image(image: Image.Image, size: int) -> tuple[Image.Image, list[str]]:
+    """The image to complete as RGB at the model's canvas size; notices say what was changed."""
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"The image to complete must be a picture, not a {type(image).__name__}.")
+    w, h = image.size
+    if w != h:
+        raise ValueError(f"The image to complete must be square (got {w}x{h}): crop it to a square first.")
+    notices = []
+    mode = image.mode
+    rgb = media.load_image(image, name="image to complete")  # size limits; any mode -> RGB, alpha onto white
+    if mode != "RGB":
+        how = " (transparent parts put on white)" if "A" in mode or "transparency" in image.info else ""
+        notices.append(f"The image to complete was in {mode} mode; it was converted to RGB{how}.")
+    if (w, h) != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.LANCZOS)
+        notices.append(f"The image to complete was {w}x{h}; it was resized to the model's {size}x{size}.")
+    return rgb, notices
+
+
+def _settings(req: DalleRequest) -> dict:
+    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
+    d["init_image"] = media.image_digest(req.init_image) if req.init_image is not None else None
+    return d
+
+
+# ---------------------------------------------------------------------------
+# Pixels from codes
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_partial(vqgan, codes: torch.Tensor, grid: int) -> torch.Tensor:
+    """Images in [0, 1] (B, 3, H, W) of code grids written up to codes.shape[1]; the rest flat grey."""
+    B, k = codes.shape
+    full = torch.cat([codes, codes.new_zeros(B, grid * grid - k)], dim=1)
+    x = vqgan.decode_indices(full, (B, grid, grid)).float().clamp(-1, 1).add(1).div(2)
+    if k < grid * grid:
+        known = (torch.arange(grid * grid, device=codes.device) < k).view(1, 1, grid, grid).float()
+        known = torch.nn.functional.interpolate(known, size=x.shape[-2:], mode="nearest")
+        x = x * known + UNKNOWN_GREY * (1 - known)
+    return x
+
+
+def tile(images: Sequence[Image.Image], cols: int | None = None, gap: int = 2) -> Image.Image:
+    """Candidates side by side (rows of `cols`), separated by white gaps."""
+    n = len(images)
+    cols = cols or min(n, 4)
+    rows = -(-n // cols)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), (255, 255, 255))
+    for i, img in enumerate(images):
+        sheet.paste(img, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
+    return sheet
+
+
+def _pils(x: torch.Tensor) -> list[Image.Image]:
+    return [media.to_pil(im, value_range=(0, 1)) for im in x]
+
+
+# ---------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------
+
+
+def run(req: DalleRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
+    """The engine: the preset's DALL-E, VQGAN (and CLIP when reranking) from the registry, then `sample`."""
+    preset = load_preset(req.preset)
+    if "dalle" not in preset.components:
+        raise ValueError(f"The preset '{preset.name}' has no DALL-E model; choose the 'shapes' preset.")
+    roles = ("dalle", "vqgan", "clip") if req.rerank else ("dalle", "vqgan")
+    specs = tuple(preset.components[r] for r in roles)
+    with registry.use(*specs) as models:
+        info = {"preset": preset.name, "models": registry.describe(*specs)}
+        clip = models[2] if req.rerank else None
+        yield from sample(req, models[0], models[1], clip, registry.device, should_stop, info)
+
+
+def sample(req: DalleRequest, model, vqgan, clip=None, device="cpu", should_stop: StopCheck = never_stop,
+           info: dict | None = None) -> Iterator[Step | Final]:
+    """Sample `req.candidates` images over given models (tests and the benchmark drive it directly)."""
+    t0 = time.perf_counter()
+    req, text, notices = validate(req, model)
+    cfg = model.config
+    B, N, g = int(req.candidates), cfg.image_len, cfg.grid
+    if req.rerank and clip is None:
+        raise ValueError("Reranking needs a CLIP model; turn reranking off or use a preset with CLIP.")
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(int(req.seed))
+    text = text.to(device).expand(B, -1)
+
+    # 1. image completion: the kept rows of the uploaded image's codes start every candidate
+    prefix = None
+    if req.init_image is not None:
+        size = g * vqgan.factor
+        image, more = completion_image(req.init_image, size)
+        notices += more
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None].to(device) / 127.5 - 1
+        with torch.no_grad():
+            codes = vqgan.encode(x)[2].view(1, N)
+        prefix = codes[:, :int(req.keep_rows) * g].expand(B, -1)
+    start = 0 if prefix is None else prefix.shape[1]
+    total = N - start
+    for note in notices:
+        yield Step(ENGINE, "sample", 0, total, notice=note)
+    codes = prefix if prefix is not None else text.new_zeros((B, 0))
+    if prefix is not None:  # the kept rows before anything is written
+        yield Step(ENGINE, "sample", 0, total, previews={"partial": tile(_pils(decode_partial(vqgan, codes, g)))})
+
+    # 2. the codes, one per step for every candidate at once; a preview after each row
+    stopped = False
+    for codes in model.sample(text, temperature=float(req.temperature), top_k=int(req.top_k), top_p=float(req.top_p),
+                              guidance=float(req.guidance), generator=gen, prefix_codes=prefix):
+        done = codes.shape[1] - start
+        previews = {}
+        if codes.shape[1] % g == 0:
+            previews["partial"] = tile(_pils(decode_partial(vqgan, codes, g)))
+        elapsed = time.perf_counter() - t0
+        yield Step(ENGINE, "sample", done, total, previews=previews,
+                   metrics={"tokens_per_s": done * B / max(elapsed, 1e-9)}, elapsed_s=elapsed)
+        if done < total and should_stop():
+            stopped = True
+            break
+
+    # 3. pixels, then CLIP's ranking (only of finished candidates)
+    x = decode_partial(vqgan, codes, g)
+    order, scores = list(range(B)), None
+    if req.rerank and not stopped:
+        with torch.no_grad():
+            sim = clip.similarity(x.to(next(clip.parameters()).dtype), [req.prompt])[:, 0].float().cpu()
+        order = sorted(range(B), key=lambda i: -float(sim[i]))
+        scores = [round(float(sim[i]), 4) for i in order]
+        yield Step(ENGINE, "rerank", 1, 1, stage_index=1, stage_count=2, elapsed_s=time.perf_counter() - t0)
+    images = _pils(x)
+    meta = {
+        "engine": ENGINE, "app_version": __version__, **(info or {}),
+        "settings": _settings(req), "tokens_done": int(codes.shape[1] - start), "tokens_total": total,
+        "stopped": stopped, "order": order, "clip_scores": scores,
+        "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+    }
+    yield Final(ENGINE, [images[i] for i in order], meta, stopped=stopped)
+
+
+def request_from_settings(settings: dict, **overrides) -> DalleRequest:
+    """Rebuild a request from the `settings` stored in an image's metadata (images are not stored)."""
+    fields = {f.name for f in dataclasses.fields(DalleRequest)}
+    kw = {k: v for k, v in settings.items() if k in fields and k != "init_image"}
+    return DalleRequest(**{**kw, **overrides})
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from pipelines.registry import ModelUnavailable, Registry
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.dalle", description="DALL-E from the command line.")
+    p.add_argument("prompt")
+    p.add_argument("--preset", default="shapes")
+    p.add_argument("--candidates", type=int, default=None, help="images sampled as one batch (preset default 8)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="the codebook size = no limit")
+    p.add_argument("--top-p", type=float, default=None, help="1 = no nucleus filtering")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-rerank", action="store_true", help="keep the sampling order, skip CLIP")
+    p.add_argument("--complete", metavar="IMAGE", help="an image whose top rows are kept and completed")
+    p.add_argument("--keep-rows", type=int, default=None)
+    p.add_argument("--out", default="outputs/dalle.png", help="the best image; the others and the video beside it")
+    p.add_argument("--video", action="store_true", help="write an H.264 mp4 of the grid filling")
+    p.add_argument("--fps", type=int, default=4)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        defaults = dict(load_preset(a.preset).defaults.get(ENGINE, {}))
+        given = {"candidates": a.candidates, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
+                 "guidance": a.guidance, "keep_rows": a.keep_rows}
+        defaults.update({k: v for k, v in given.items() if v is not None})
+        if a.complete:
+            from PIL import Image as _Image
+
+            media.load_image(a.complete, name="image to complete")  # size and format checks first
+            defaults["init_image"] = _Image.open(a.complete)
+        req = request_from_settings(defaults, prompt=a.prompt, preset=a.preset, seed=a.seed,
+                                    rerank=not a.no_rerank and defaults.get("rerank", True))
+        registry = Registry(device=a.device)
+        stop = {"now": False}
+        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
+        stem = str(a.out).rsplit(".", 1)[0]
+        video = media.VideoWriter(stem + ".mp4", fps=a.fps) if a.video else None
+        bar = tqdm(unit="tok")
+        for ev in run(req, registry, lambda: stop["now"]):
+            if isinstance(ev, Step):
+                bar.total = ev.total if ev.stage == "sample" else bar.total
+                bar.update(ev.step - bar.n if ev.stage == "sample" else 0)
+                if ev.notice:
+                    bar.write(ev.notice)
+                if video and "partial" in ev.previews:
+                    video.append(ev.previews["partial"])
+            else:
+                bar.close()
+                paths = []
+                scores = ev.meta["clip_scores"] or [None] * len(ev.images)
+                for rank, (img, score) in enumerate(zip(ev.images, scores)):
+                    path = a.out if rank == 0 else f"{stem}_{rank + 1}.png"
+                    meta = {**ev.meta, "rank": rank + 1, "clip_score": score}
+                    paths += media.save_png(img, path, meta, enlarged_min_side=256 if rank == 0 else None)
+                if video:
+                    video.append(tile(ev.images))
+                    paths.append(video.close())
+                print("\n".join(str(x) for x in paths if x))
+                if ev.meta["clip_scores"]:
+                    print("CLIP scores, best first: " + ", ".join(f"{s:.3f}" for s in ev.meta["clip_scores"]))
+    except (ValueError, ModelUnavailable, FileNotFoundError) as e:  # bad input, missing weights: one clear line
+        print(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
