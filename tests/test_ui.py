@@ -35,7 +35,7 @@ def args(prompt="a red circle:1 | on a blue background:0.5", preset="shapes", wi
 
 def test_endpoints(client):
     names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/vqgan_clip", "/vqgan_clip_stop", "/vqgan_clip_load", "/models_status"} <= set(names)
+    assert {"/vqgan_clip", "/vqgan_clip_stop", "/vqgan_clip_load", "/vqgan_clip_resume", "/models_status"} <= set(names)
 
 
 def test_run_streams_previews_and_ends_with_png_and_video(client):
@@ -77,6 +77,30 @@ def test_stop_ends_the_run_and_keeps_the_picture(client):
     done = final[5]["iterations_done"]
     assert 1 <= done < 400 and final[5]["stopped"] is True
     assert any(f.endswith(".mp4") for f in final[4]) and Image.open(final[2]).size == (256, 256)
+
+
+def test_a_reloaded_page_finds_its_run_again(client, tmp_path):
+    """The page that started a run goes away; a new page of the same browser follows it to its end."""
+    from gradio_client import Client
+
+    browser = "0123456789abcdef"
+    job = client.submit(*args(iterations=400), browser, api_name="/vqgan_clip")
+    t0 = time.time()
+    while len(job.outputs()) < 2 and time.time() - t0 < 60:
+        time.sleep(0.05)
+    job.cancel()                       # the first page is closed or reloaded: the run goes on
+    page = Client(client.src, verbose=False, download_files=str(tmp_path))
+    stranger = list(page.submit("fedcba9876543210", api_name="/vqgan_clip_resume"))
+    assert not any(o[0] for o in stranger)     # another browser sees nothing of it
+    resumed = page.submit(browser, api_name="/vqgan_clip_resume")
+    while len(resumed.outputs()) < 2 and time.time() - t0 < 90:
+        time.sleep(0.05)
+    first = resumed.outputs()[0]
+    assert first[0] and first[1].startswith("**Iteration")   # the latest preview at once, then live ones
+    page.predict(browser, api_name="/vqgan_clip_stop")
+    final = resumed.result(timeout=60)
+    assert final[1].startswith("**Stopped**") and final[5]["iterations_done"] > 2
+    assert any(f.endswith(".mp4") for f in final[4])
 
 
 @pytest.mark.parametrize("kw, words", [

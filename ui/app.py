@@ -6,20 +6,29 @@ import gradio as gr
 from pipelines import __version__
 from ui import models as models_panel
 from ui import diffusion, vqgan_clip
-from ui.common import RunControl
+from pipelines.zerogpu import ON_SPACES
+from ui.common import RunControl, client_id_components, init_client_id
+from ui.runs import RunStore
 
 
 def build_demo(registry) -> gr.Blocks:
-    runs = RunControl()
+    runs = RunControl()   # per-session stop flags (tabs not yet on the RunStore)
+    store = RunStore(detached=not ON_SPACES)
     with gr.Blocks(title="Atelier", delete_cache=(3600, 6 * 3600)) as demo:
+        stored_id, store.client = client_id_components()
         gr.Markdown(f"# Atelier\nText to image in the browser · v{__version__}")
         with gr.Tabs():
             with gr.Tab("VQGAN+CLIP", id="vqgan_clip"):
-                vqgan_clip.build(registry, runs)
+                vqgan_clip.build(registry, store)
             with gr.Tab("Diffusion", id="diffusion"):
                 diffusion.build(registry, runs)
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)
+        # a reloaded page finds its runs again: give the browser an id, then follow each tab's run
+        loaded = demo.load(init_client_id, [stored_id], [stored_id, store.client], api_name=False, queue=False)
+        for fn, inputs, outputs, api_name in store.resumers:
+            loaded.then(fn, inputs, outputs, api_name=api_name, concurrency_limit=None, show_progress="hidden")
+    demo.store = store
     demo.queue(default_concurrency_limit=1, max_size=32)
     return demo

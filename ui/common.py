@@ -9,6 +9,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -55,6 +56,45 @@ class RunControl:
 
 def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "cli"
+
+
+def owner_of(client_id: str | None, request: gr.Request | None) -> str:
+    """Who a run belongs to: the browser (its id survives a reload), else the Gradio session (API clients)."""
+    if isinstance(client_id, str) and 8 <= len(client_id) <= 64 and client_id.isalnum():
+        return "browser-" + client_id
+    return "session-" + session_of(request)
+
+
+def client_id_components() -> tuple[gr.BrowserState, gr.Textbox]:
+    """A random id kept in the browser's local storage, and the hidden field handlers read it from.
+
+    Handlers take the hidden Textbox (empty by default, so API clients may leave it
+    out and are told apart by their Gradio session); `init_client_id` fills both on
+    page load.
+    """
+    return (gr.BrowserState("", storage_key="atelier-client"),
+            gr.Textbox("", visible=False, elem_id="atelier_client_id"))
+
+
+def init_client_id(client_id: str | None) -> tuple[str, str]:
+    cid = client_id if isinstance(client_id, str) and client_id.isalnum() and 8 <= len(client_id) <= 64 \
+        else uuid.uuid4().hex
+    return cid, cid
+
+
+def resumable(runs, tab: str, outputs: list, client: gr.BrowserState) -> None:
+    """On page load, show the browser's run in this tab again (going: live; finished: its result).
+
+    Also an API endpoint, ``/<tab>_resume``, for clients that pass their own ``client_id``.
+    """
+
+    def resume(client_id, request: gr.Request):
+        run = runs.current(owner_of(client_id, request), tab)
+        if run is None or (run.done and run.error is not None):
+            return
+        yield from run.follow()
+
+    runs.resumers.append((resume, [client], outputs, f"{tab}_resume"))
 
 
 def user_error(e: Exception) -> gr.Error:

@@ -10,8 +10,10 @@ from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
 from pipelines.zerogpu import gpu
-from ui.common import RunControl, Throttle, USER_ERRORS, output_dir, progress_text, session_of, user_error
+from ui.common import USER_ERRORS, Throttle, output_dir, owner_of, progress_text, resumable, user_error
+from ui.runs import RunStore
 
+TAB = "vqgan_clip"
 EXAMPLE = "a red circle:1 | on a blue background:0.5"
 EXAMPLES = [[EXAMPLE],
             ["a large yellow star on a black background"],
@@ -65,7 +67,7 @@ def _events(req, registry, stop):
     yield from engine.run(req, registry, stop)
 
 
-def build(registry, runs: RunControl) -> None:
+def build(registry, runs: RunStore) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
     presets = [p for p in list_presets() if {"vqgan", "clip"} <= set(p.components)]  # not diffusion-only ones
     first = presets[0]
@@ -132,18 +134,15 @@ def build(registry, runs: RunControl) -> None:
               init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
               change_every]
 
-    def generate(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
-                 init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
-                 change_every, fps_value, request: gr.Request):
-        args = (preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
-                init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
-                change_every)
-        session = session_of(request)
-        flag = runs.start(session)
+    outputs = [preview, status, final, video, files, settings]
+    waiting = (gr.skip(), "Waiting for another user's run to finish...", gr.skip(), gr.skip(), gr.skip(), gr.skip())
+
+    def updates(args, fps_value, should_stop):
+        """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py)."""
         writer = None
         try:
             req = _request(*args)
-            events = _events(req, registry, flag.is_set)
+            events = _events(req, registry, should_stop)
             ev = next(events)  # validation and model loading happen here: errors surface before any output
             out = output_dir()
             writer = media.VideoWriter(media.new_output_path(out, req.prompt or "vqgan-clip", ".mp4"), fps=int(fps_value))
@@ -177,12 +176,21 @@ def build(registry, runs: RunControl) -> None:
         except USER_ERRORS as e:
             raise user_error(e) from None
         finally:
-            if writer is not None:  # closed page or error: drop the unfinished video
+            if writer is not None:  # error or server shutdown: drop the unfinished video
                 writer.abort()
-            runs.finish(session, flag)
 
-    def stop(request: gr.Request):
-        runs.stop(session_of(request))
+    def generate(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
+                 init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
+                 change_every, fps_value, client_id, request: gr.Request):
+        args = (preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
+                init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
+                change_every)
+        run = runs.launch(owner_of(client_id, request), TAB, len(outputs),
+                          lambda should_stop: updates(args, fps_value, should_stop), waiting)
+        yield from run.follow()
+
+    def stop(client_id, request: gr.Request):
+        runs.stop(owner_of(client_id, request), TAB)
 
     def load_settings(file):
         """Read the settings embedded in a PNG back into the widgets."""
@@ -210,9 +218,10 @@ def build(registry, runs: RunControl) -> None:
         keys = ("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments")
         return [dflt[k] if k in dflt else gr.skip() for k in keys]
 
-    gen_event = run_btn.click(generate, inputs + [fps], [preview, status, final, video, files, settings],
+    gen_event = run_btn.click(generate, inputs + [fps, runs.client], outputs,
                               api_name="vqgan_clip", concurrency_limit=1, concurrency_id="engines")
-    stop_btn.click(stop, None, None, api_name="vqgan_clip_stop", queue=False)
+    stop_btn.click(stop, [runs.client], None, api_name="vqgan_clip_stop", queue=False)
+    resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file],
                      [preset, prompt, seed, width, height, iterations, preview_every, init_weight, lr, optimiser,
                       cutn, cut_pow, cut_method, augments, change_every, load_note], api_name="vqgan_clip_load")

@@ -1,0 +1,114 @@
+"""Runs that outlive the page (ui/runs.py): followers, stop, one engine at a time, owners apart."""
+import threading
+import time
+
+import pytest
+
+from ui.runs import SKIP, RunStore
+
+
+def counter(n, gate=None, fail_at=None):
+    def make(should_stop):
+        for i in range(1, n + 1):
+            if gate is not None:
+                gate.wait(5)
+            if should_stop():
+                yield (SKIP, f"stopped at {i}")
+                return
+            if i == fail_at:
+                raise ValueError("broken at %d" % i)
+            yield (f"img{i}", f"step {i}")
+            time.sleep(0.002)
+        yield ("final", "done")
+    return make
+
+
+def test_a_follower_sees_every_update_and_the_end():
+    store = RunStore()
+    run = store.launch("a", "tab", 2, counter(5))
+    outs = list(run.follow())
+    assert outs[-1] == ("final", "done")
+    assert [o[1] for o in outs if o[1].startswith("step")] == [f"step {i}" for i in range(1, 6)]
+    assert run.done and run.error is None
+
+
+def test_a_late_follower_starts_from_the_latest_state():
+    store = RunStore()
+    gate = threading.Event()
+    run = store.launch("a", "tab", 2, counter(50, gate=gate))
+    gate.set()
+    while run.snapshot()[0] == SKIP:
+        time.sleep(0.001)
+    late = run.follow()
+    first = next(late)
+    assert first[0].startswith("img") and first[1].startswith("step")
+    assert list(late)[-1] == ("final", "done")
+    # after the end, a new follower gets the final state once
+    assert list(store.current("a", "tab").follow()) == [("final", "done")]
+
+
+def test_errors_reach_every_follower():
+    store = RunStore()
+    run = store.launch("a", "tab", 2, counter(5, fail_at=3))
+    with pytest.raises(ValueError, match="broken at 3"):
+        list(run.follow())
+    with pytest.raises(ValueError, match="broken at 3"):
+        list(run.follow())
+
+
+def test_stop_is_per_owner_and_tab():
+    store = RunStore()
+    gate = threading.Event()
+    a = store.launch("alice", "tab", 2, counter(1000, gate=gate))
+    b = store.launch("bob", "other", 2, counter(3))
+    assert store.current("bob", "tab") is None and store.current("alice", "other") is None
+    assert not store.stop("bob", "tab")
+    assert store.stop("alice", "tab")
+    gate.set()
+    assert list(a.follow())[-1][1].startswith("stopped at")
+    assert list(b.follow())[-1] == ("final", "done")
+
+
+def test_one_engine_at_a_time_and_the_waiting_note():
+    store = RunStore()
+    gate = threading.Event()
+    first = store.launch("alice", "tab", 2, counter(3, gate=gate))
+    time.sleep(0.05)
+    second = store.launch("bob", "tab", 2, counter(3), waiting=(SKIP, "waiting"))
+    time.sleep(0.05)
+    assert second.snapshot() == (SKIP, "waiting") and not second.done
+    gate.set()
+    assert list(first.follow())[-1] == ("final", "done")
+    assert list(second.follow())[-1] == ("final", "done")
+    assert second.finished >= first.finished
+
+
+def test_a_new_run_of_the_same_owner_and_tab_stops_the_old_one():
+    store = RunStore()
+    gate = threading.Event()
+    old = store.launch("a", "tab", 2, counter(1000, gate=gate))
+    new = store.launch("a", "tab", 2, counter(2))
+    gate.set()
+    assert list(old.follow())[-1][1].startswith("stopped at")
+    assert list(new.follow())[-1] == ("final", "done")
+    assert store.current("a", "tab") is new
+
+
+def test_finished_runs_are_forgotten_after_keep_s():
+    store = RunStore(keep_s=0.05)
+    run = store.launch("a", "tab", 2, counter(1))
+    list(run.follow())
+    assert store.current("a", "tab") is run
+    time.sleep(0.1)
+    assert store.current("a", "tab") is None
+
+
+def test_inline_runs_are_driven_by_their_follower_and_end_with_it():
+    store = RunStore(detached=False)
+    run = store.launch("a", "tab", 2, counter(100))
+    time.sleep(0.05)
+    assert run.snapshot() == (SKIP, SKIP)           # nothing happens without a follower
+    follower = run.follow()
+    assert next(follower) == ("img1", "step 1")
+    follower.close()                                # the page went away
+    assert run.done and not store.engine_lock.locked()
