@@ -51,6 +51,10 @@ class ModelUnavailable(RuntimeError):
     """A model cannot be loaded; the message is one sentence for the user."""
 
 
+class DeviceOutOfMemory(RuntimeError):
+    """A run ran out of device memory; idle models were unloaded, so the next run can work."""
+
+
 def pick_device(override: str | torch.device | None = None) -> torch.device:
     """`override`, else env ATELIER_DEVICE, else the best available: cuda > mps > cpu."""
     choice = str(override if override is not None else os.environ.get("ATELIER_DEVICE", "")).strip().lower()
@@ -197,6 +201,8 @@ class Registry:
                 pinned.append(self._acquire(spec, pin=True))
             self._enforce_budget(keep={e.key for e in pinned})
             yield tuple(e.module for e in pinned)
+        except torch.OutOfMemoryError as e:
+            raise self._out_of_memory(pinned, e) from None
         finally:
             with self._lock:
                 for e in pinned:
@@ -229,8 +235,10 @@ class Registry:
         t0 = time.monotonic()
         try:
             module = loader(spec, self)
-        except (ModelUnavailable, torch.OutOfMemoryError):
+        except ModelUnavailable:
             raise
+        except torch.OutOfMemoryError as e:
+            raise self._out_of_memory([], e) from None
         except _load_errors() as e:
             raise _damaged(spec, self._weights_file(spec) or self._resolved.get(spec.key, spec.location),
                            _first_line(e)) from e
@@ -305,6 +313,20 @@ class Registry:
                 out[name] = {"key": spec.key, "weights_id": e.weights_id if e else None,
                              "dtype": str(e.dtype).removeprefix("torch.") if e else None}
             return out
+
+    def _out_of_memory(self, pinned: list[LoadedModel], error: BaseException) -> DeviceOutOfMemory:
+        """Free what can be freed after an out-of-memory error; the message for the user."""
+        with self._lock:
+            idle = [k for k, e in self._models.items() if e.in_use == 0 and e not in pinned]
+        for key in idle:
+            self.unload(key)
+        gc.collect()
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("Out of memory on %s: %s; unloaded %d idle model(s)", self.device, _first_line(error), len(idle))
+        return DeviceOutOfMemory(
+            f"Out of memory on {self.device} during this run. Try a smaller size, batch or number of samples; "
+            f"idle models were unloaded ({len(idle)}), so the next run starts with more room.")
 
     def unload(self, key: str | None = None) -> None:
         """Drop one model (by key) or all of them, e.g. after running out of memory."""

@@ -547,3 +547,35 @@ def test_hub_preset_without_network_fails_fast_even_when_allowed(monkeypatch, tm
     with pytest.raises(R.ModelUnavailable, match="cannot be reached \\(no network\\).*built-in 'shapes' preset"):
         reg.get(ComponentSpec("clip", "hub", "openai/clip-vit-base-patch32"))
     assert time.monotonic() - t0 < 2
+
+
+# ---------------------------------------------------------------------------
+# out of memory
+# ---------------------------------------------------------------------------
+
+
+def test_out_of_memory_in_a_run_is_a_clear_error_and_frees_idle_models():
+    from pipelines.registry import DeviceOutOfMemory
+
+    loader = CountingLoader()
+    reg = Registry(device="cpu", loaders={"fake": loader})
+    reg.get(fake("idle"))
+    with pytest.raises(DeviceOutOfMemory, match="Out of memory on cpu.*smaller"):
+        with reg.use(fake("a")):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    assert keys(reg) == {fake("a").key}            # the idle one was unloaded, the run's model kept
+    with reg.use(fake("a"), fake("idle")) as (a, idle):   # and the next run works
+        assert a is not None and idle is not None
+    assert loader.count(fake("idle")) == 2
+
+
+def test_out_of_memory_while_loading_is_a_clear_error():
+    from pipelines.registry import DeviceOutOfMemory
+
+    def oom(spec, registry):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    reg = Registry(device="cpu", loaders={"fake": oom})
+    with pytest.raises(DeviceOutOfMemory, match="Out of memory"):
+        reg.get(fake("a"))
+    assert reg.status() == []

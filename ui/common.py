@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.registry import ModelUnavailable
+from pipelines.registry import DeviceOutOfMemory, ModelUnavailable
 
 # small built-in images stay crisp when the browser enlarges them
 CSS = """
@@ -102,7 +102,7 @@ def user_error(e: Exception) -> gr.Error:
     return gr.Error(str(e).strip() or type(e).__name__, duration=None)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, ModelUnavailable)  # bad input, missing or damaged weights, no network
+USER_ERRORS = (ValueError, FileNotFoundError, ModelUnavailable, DeviceOutOfMemory)  # bad input, weights, network, memory
 
 
 def progress_text(step: int, total: int, elapsed: float, metrics: dict) -> str:
