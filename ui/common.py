@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from pipelines.presets import is_offline_capable
 from pipelines.registry import DeviceOutOfMemory, ModelUnavailable
 
 # small built-in images stay crisp when the browser enlarges them
@@ -103,6 +104,19 @@ def user_error(e: Exception) -> gr.Error:
 
 
 USER_ERRORS = (ValueError, FileNotFoundError, ModelUnavailable, DeviceOutOfMemory)  # bad input, weights, network, memory
+
+
+def loading_note(registry, preset, roles) -> str | None:
+    """A status line while a run's models load (None when they already are): hub presets download on first use."""
+    specs = [preset.components[r] for r in roles if r in preset.components]
+    loaded = {row["key"] for row in registry.status()}
+    if all(s.key in loaded for s in specs):
+        return None
+    note = f"Loading the models of *{preset.label}*..."
+    if not is_offline_capable(preset):
+        note += (" The first use downloads their weights into the Hugging Face cache: this can take a few "
+                 "minutes, and later runs start at once.")
+    return note
 
 
 def progress_text(step: int, total: int, elapsed: float, metrics: dict) -> str:

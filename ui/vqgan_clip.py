@@ -10,7 +10,8 @@ from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
 from pipelines.zerogpu import gpu
-from ui.common import USER_ERRORS, Throttle, output_dir, owner_of, progress_text, resumable, user_error
+from ui.common import (USER_ERRORS, Throttle, loading_note, output_dir, owner_of, progress_text, resumable,
+                       user_error)
 from ui.runs import RunStore
 
 TAB = "vqgan_clip"
@@ -142,6 +143,9 @@ def build(registry, runs: RunStore) -> None:
         writer = None
         try:
             req = _request(*args)
+            note = loading_note(registry, load_preset(req.preset), ("vqgan", "clip"))
+            if note:
+                yield (gr.skip(), note, gr.skip(), gr.skip(), gr.skip(), gr.skip())
             events = _events(req, registry, should_stop)
             ev = next(events)  # validation and model loading happen here: errors surface before any output
             out = output_dir()
