@@ -82,6 +82,21 @@ def vqgan_clip(registry, preset: str, caption: str, seed: int, n: int, overrides
     return out
 
 
+@engine("dalle")
+def dalle(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
+    """DALL-E from the preset's defaults. Reranked: each sample is CLIP's best of `candidates`
+    (seeds seed..seed+n-1); not reranked (`--set rerank=false`): n candidates of one batch."""
+    from pipelines.dalle import ENGINE, DalleRequest, run
+
+    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
+    settings.update(overrides)
+    if not settings.get("rerank", True):
+        settings["candidates"] = n
+        return generate(run(DalleRequest(prompt=caption, preset=preset, seed=seed, **settings), registry)).images
+    return [generate(run(DalleRequest(prompt=caption, preset=preset, seed=seed + i, **settings), registry)).images[0]
+            for i in range(n)]
+
+
 def _array(image: Image.Image):
     import numpy as np
     return np.asarray(image.convert("RGB"), dtype=np.float32)

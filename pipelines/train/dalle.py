@@ -76,13 +76,14 @@ def encode(vqgan, images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: DALLE, vqgan, batches: int = 4, batch: int = 128) -> dict:
+def evaluate(model: DALLE, vqgan, scenes: int = 512) -> dict:
     """Validation loss (nats per code) on fresh scenes, captions as the stream states them."""
     model.eval()
     out = {}
+    batch = min(scenes, 128)
     for name, held in (("val_loss_seen", False), ("val_loss_heldout", True)):
         losses = []
-        for b in range(batches):
+        for b in range(max(1, scenes // batch)):
             rng = np.random.default_rng([EVAL_SEED, b, held])
             images, scenes = make_batch(batch, rng, exclude=frozenset() if held else shapes.HELD_OUT,
                                         held_out_only=held)
@@ -108,7 +109,7 @@ def sample_grid(model: DALLE, vqgan, path: Path, n: int = 6, seed: int = 0) -> N
 
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "dalle")
-    tokenizer = train_tokenizer(seed=args.seed).backend_tokenizer
+    tokenizer = train_tokenizer(n_captions=args.tokenizer_captions, seed=args.seed).backend_tokenizer
     config = DalleConfig(text_vocab=tokenizer.get_vocab_size(), text_len=args.text_len,
                          pad_id=tokenizer.token_to_id("<|endoftext|>"), n_layer=args.layers, n_embd=args.width,
                          n_head=args.heads)
@@ -152,7 +153,7 @@ def train(args) -> None:
 
     raw.eval()
     save_pretrained(raw, args.out)
-    result = evaluate(raw, vqgan)
+    result = evaluate(raw, vqgan, args.eval_scenes)
     sample_grid(raw, vqgan, Path(args.out) / "samples.png")
     common.write_record(Path(args.out), args, result, parameters=raw.num_parameters,
                         sequences_seen=args.steps * args.batch,
@@ -169,12 +170,14 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--text-len", type=int, default=24)
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of captions replaced by the empty caption")
+    p.add_argument("--tokenizer-captions", type=int, default=20_000, help="captions the BPE is learnt from")
+    p.add_argument("--eval-scenes", type=int, default=512, help="fresh scenes per validation loss")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "pipelines.train.dalle", argv)
     if args.eval_only:
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(args.threads)
-        print(json.dumps(evaluate(from_pretrained(args.out), load_vqgan(args.vqgan)), indent=2))
+        print(json.dumps(evaluate(from_pretrained(args.out), load_vqgan(args.vqgan), args.eval_scenes), indent=2))
         return
     train(args)
 
