@@ -1,0 +1,247 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright, one table row per tab.
+
+Each tab: type a prompt, run, see previews arrive and the final image, download the
+PNG and the video, load the settings back from the PNG, Stop a long run and keep
+its result, and reload the page during a run to find it again. Screenshots go to
+``reports/screenshots/<tab>.png`` (or ``$ATELIER_SCREENSHOTS``).
+
+Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the ``playwright``
+Python package (never its own browser download). Without them the tests are
+skipped, except under CI (``CI=true``), where they fail.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipelines import media
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("ATELIER_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1, EXCLUDE localhost"]
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install -r requirements-dev.txt)"
+    return None
+
+
+if _missing():
+    if os.environ.get("CI", "").lower() == "true":
+        raise RuntimeError(f"browser tests cannot run under CI: {_missing()}")
+    pytest.skip(_missing(), allow_module_level=True)
+
+
+@dataclass
+class TabSpec:
+    """How to drive one tab: its label, the elem_id prefix, and the settings of a quick and a long run."""
+    label: str
+    p: str                                   # elem_id prefix: <p>_prompt, <p>_run, <p>_stop, <p>_status, ...
+    prompt: str
+    quick: dict[str, str]                    # number fields (elem_id suffix -> value) for a run of a few seconds
+    long: dict[str, str]                     # ... for a run long enough to stop or reload in
+    previews: tuple[str, ...] = ("preview",)  # image outputs that stream previews
+    final: str = "final"                     # where the finished picture appears (an Image or a Gallery)
+    running: str = "Iteration"               # a word the status shows while the run goes
+
+
+TABS = [
+    TabSpec("VQGAN+CLIP", "vqc", "a red circle on a blue background",
+            quick={"iters": "12", "preview_every": "2"}, long={"iters": "3000", "preview_every": "2"}),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    out = tmp_path_factory.mktemp("outputs")
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "ATELIER_OUTPUT_DIR": str(out), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "ATELIER_THREADS": os.environ.get("ATELIER_THREADS", "1")}
+    log = open(out / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() - t0 > 120:
+                proc.kill()
+                raise RuntimeError(f"app.py did not start: {(out / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server, tmp_path):
+    ctx = browser.new_context(viewport={"width": 1300, "height": 1400}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(server)
+    yield pg
+    ctx.close()
+
+
+def _open(page, tab: TabSpec) -> None:
+    page.get_by_role("tab", name=tab.label).click()
+    page.locator(f"#{tab.p}_run").wait_for(state="visible")
+
+
+def _fill(page, tab: TabSpec, values: dict[str, str]) -> None:
+    page.locator(f"#{tab.p}_prompt textarea").fill(tab.prompt)
+    for key, value in values.items():
+        box = page.locator(f"#{tab.p}_{key} input").first
+        box.fill(value)
+        box.press("Tab")
+
+
+def _srcs(page, tab: TabSpec) -> set[str]:
+    out = set()
+    for name in tab.previews:
+        for img in page.locator(f"#{tab.p}_{name} img").all():
+            src = img.get_attribute("src")
+            if src:
+                out.add(src)
+    return out
+
+
+def _status(page, tab: TabSpec) -> str:
+    return page.locator(f"#{tab.p}_status").inner_text()
+
+
+def _wait_status(page, tab: TabSpec, word: str, timeout_s: float) -> float:
+    t0 = time.time()
+    while word not in _status(page, tab):
+        if time.time() - t0 > timeout_s:
+            raise AssertionError(f"status never said {word!r}; it says {_status(page, tab)!r}")
+        time.sleep(0.1)
+    return time.time() - t0
+
+
+def _wait_previews(page, tab: TabSpec, n: int, timeout_s: float = 120) -> set[str]:
+    seen: set[str] = set()
+    t0 = time.time()
+    while len(seen) < n:
+        seen |= _srcs(page, tab)
+        if time.time() - t0 > timeout_s:
+            raise AssertionError(f"only {len(seen)} distinct previews in {timeout_s} s")
+        time.sleep(0.05)
+    return seen
+
+
+def _screenshot_dir() -> Path:
+    d = Path(os.environ.get("ATELIER_SCREENSHOTS", ROOT / "reports" / "screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.mark.parametrize("tab", TABS, ids=[t.p for t in TABS])
+def test_run_previews_downloads_and_load_settings(page, tab, tmp_path):
+    _open(page, tab)
+    _fill(page, tab, tab.quick)
+    page.locator(f"#{tab.p}_run").click()
+    seen: set[str] = set()
+    t0 = time.time()
+    while "Done" not in _status(page, tab):
+        seen |= _srcs(page, tab)
+        assert time.time() - t0 < 180, f"no result in 180 s: {_status(page, tab)!r}"
+        time.sleep(0.05)
+    assert len(seen) >= 2, f"saw {len(seen)} distinct previews"
+    page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
+    page.screenshot(path=str(_screenshot_dir() / f"{tab.p}.png"), full_page=True)
+
+    # downloads: the PNG (with its settings) and the mp4
+    links = page.locator(f"#{tab.p}_files a")
+    got = {}
+    for i in range(links.count()):
+        with page.expect_download() as dl:
+            links.nth(i).click()
+        name = dl.value.suggested_filename
+        path = tmp_path / name
+        dl.value.save_as(path)
+        got[Path(name).suffix] = got.get(Path(name).suffix, []) + [path]
+    assert ".png" in got and ".mp4" in got, got
+    assert all(p.stat().st_size > 1000 for p in got[".mp4"])
+    meta = media.read_meta(got[".png"][0])
+    assert meta["settings"]["prompt"] == tab.prompt
+
+    # load the settings back from the PNG into a fresh page
+    page.reload()
+    _open(page, tab)
+    page.locator(f"#{tab.p}_prompt textarea").fill("something else")
+    if page.locator(f"#{tab.p}_load input[type=file]").count() == 0:      # inside a closed accordion
+        page.get_by_role("button", name=re.compile("Load settings")).first.click()
+    page.locator(f"#{tab.p}_load input[type=file]").set_input_files(str(got[".png"][0]))
+    t0 = time.time()
+    while page.locator(f"#{tab.p}_prompt textarea").input_value() != tab.prompt:
+        assert time.time() - t0 < 30, "the prompt was not loaded back from the PNG"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("tab", TABS, ids=[t.p for t in TABS])
+def test_stop_keeps_the_result(page, tab):
+    _open(page, tab)
+    _fill(page, tab, tab.long)
+    page.locator(f"#{tab.p}_run").click()
+    _wait_previews(page, tab, 2)
+    page.locator(f"#{tab.p}_stop").click()
+    took = _wait_status(page, tab, "Stopped", 30)
+    assert took < 15, f"Stop took {took:.1f} s"
+    page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
+    assert page.locator(f"#{tab.p}_files a").count() >= 2
+
+
+@pytest.mark.parametrize("tab", TABS, ids=[t.p for t in TABS])
+def test_a_reload_finds_the_run_again(page, tab):
+    _open(page, tab)
+    _fill(page, tab, tab.long)
+    page.locator(f"#{tab.p}_run").click()
+    _wait_previews(page, tab, 2)
+    page.reload()
+    _open(page, tab)
+    _wait_status(page, tab, tab.running, 30)   # followed again, live
+    again = _wait_previews(page, tab, 2, timeout_s=60)
+    assert again
+    page.locator(f"#{tab.p}_stop").click()
+    _wait_status(page, tab, "Stopped", 30)
+    page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
