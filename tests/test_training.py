@@ -12,7 +12,7 @@ from pipelines.train import vqgan as train_vqgan
 def test_vqgan_trains_resumes_and_exports(tmp_path):
     out, run = tmp_path / "vq", tmp_path / "run"
     common = ["--out", str(out), "--run-dir", str(run), "--batch", "4", "--log-every", "1", "--sample-every", "2",
-              "--ckpt-every", "1"]
+              "--ckpt-every", "1", "--eval-scenes", "16"]
     train_vqgan.main(common + ["--steps", "2"])
     first = torch.load(run / "checkpoint.pt", weights_only=True)
     assert first["step"] == 2 and (run / "samples_000002.png").exists()
@@ -26,6 +26,21 @@ def test_vqgan_trains_resumes_and_exports(tmp_path):
     model = from_pretrained(out)
     x, _, idx = model(torch.zeros(1, 3, 32, 32))
     assert x.shape == (1, 3, 32, 32) and idx.shape == (64,)
+
+
+def test_vqgan_decoder_only_finetune_keeps_every_code(tmp_path):
+    """--decoder-from trains the decoder alone: the encoder and codebook (what other models learnt) stay put."""
+    src = "presets/weights/shapes-vqgan"
+    out, run = tmp_path / "dec", tmp_path / "run"
+    train_vqgan.main(["--decoder-from", src, "--out", str(out), "--run-dir", str(run), "--batch", "4", "--steps", "2",
+                      "--lr", "1e-2", "--object-weight", "2", "--log-every", "1", "--sample-every", "100",
+                      "--eval-scenes", "16"])
+    before, after = from_pretrained(src).state_dict(), from_pretrained(out).state_dict()
+    for k in before:
+        same = torch.equal(before[k], after[k])
+        assert same == (not k.startswith(("decoder.", "post_quant_conv."))), k
+    rec = json.loads((out / "train.json").read_text())
+    assert 0 <= rec["metrics"]["judge_correct"] <= 1
 
 
 def test_clip_tokenizer_covers_every_character():

@@ -12,8 +12,15 @@ small CPU budget:
      edge term (L1 between image gradients), which keeps the corners of small stars,
      crosses and diamonds that a plain MSE blurs;
   3. the learning rate follows a warm-up and cosine decay.
-`--eval-only` scores an exported folder: PSNR on fresh scenes, codebook use, and how
-well the mask of each small shape survives reconstruction.
+`--eval-only` scores an exported folder: PSNR on fresh scenes, codebook use, how
+well the mask of each small shape survives reconstruction, and how often the
+attribute judge (pipelines.eval.judge) still finds a scene's full caption true.
+
+`--decoder-from DIR` fine-tunes only the decoder of an exported VQGAN: encoder and
+codebook stay frozen, so every code keeps its meaning and models trained on the
+codes (DALL-E) or latents (diffusion) keep working, while pictures get sharper.
+`--object-weight` adds loss weight on pixels that are not background, where
+small shapes lose their corners.
 """
 from __future__ import annotations
 
@@ -138,7 +145,25 @@ def evaluate(model: VQGAN, n: int = 512, size: int = SIZE) -> dict:
             vals.append((a & b).sum() / max(1, (a | b).sum()))
         ious[shape] = round(float(np.mean(vals)), 3)
     out["small_shape_mask_iou"] = ious
+    out["judge_correct"] = judged_correct(model, n=min(300, n), size=size)
     return out
+
+
+@torch.no_grad()
+def judged_correct(model: VQGAN, n: int = 300, size: int = SIZE) -> float:
+    """Share of reconstructed fresh scenes (every caption part stated) the judge finds correct."""
+    from pipelines.eval.judge import judge
+
+    rng = np.random.default_rng(EVAL_SEED + 2)
+    scenes = [shapes.full_caption_scene(rng, exclude=()) for _ in range(n)]
+    imgs = np.stack([np.asarray(shapes.render(sc, size, rng)) for sc in scenes])
+    rec = np.concatenate([to_u8(model(to_tensor(imgs[i:i + 64]))[0]) for i in range(0, n, 64)])
+    return round(float(np.mean([judge(r, sc).correct for r, sc in zip(rec, scenes)])), 3)
+
+
+def object_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W): 1 where a pixel differs from the background (the top-left pixel's colour)."""
+    return ((x - x[:, :, :1, :1]).abs().amax(1, keepdim=True) > 0.1).float()
 
 
 def recon_grid(model: VQGAN, path: Path, n: int = 12) -> None:
@@ -155,8 +180,13 @@ def recon_grid(model: VQGAN, path: Path, n: int = 12) -> None:
 
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "vqgan")
-    model = VQGAN(default_config())
-    log.info("VQGAN with %d parameters, factor %d", count_parameters(model), model.factor)
+    decoder_only = bool(args.decoder_from)
+    model = from_pretrained(args.decoder_from) if decoder_only else VQGAN(default_config())
+    log.info("VQGAN with %d parameters, factor %d%s", count_parameters(model), model.factor,
+             ", training the decoder only" if decoder_only else "")
+    if decoder_only:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("decoder.", "post_quant_conv.")))
     codebook = EMACodebook(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
@@ -170,10 +200,11 @@ def train(args) -> None:
         imgs, _ = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
         x = to_tensor(imgs).to(accelerator.device)
         # 1. encode, quantize, decode with the straight-through estimator
-        h = raw.encode_latent(x)
-        idx = raw.quantize.nearest(h)
-        z_q = raw.quantize.lookup(idx, (h.shape[0], h.shape[2], h.shape[3]))
-        if step == start == 0:  # seed the codebook with real encoder outputs
+        with torch.set_grad_enabled(not decoder_only):
+            h = raw.encode_latent(x)
+            idx = raw.quantize.nearest(h)
+            z_q = raw.quantize.lookup(idx, (h.shape[0], h.shape[2], h.shape[3]))
+        if step == start == 0 and not decoder_only:  # seed the codebook with real encoder outputs
             with torch.no_grad():
                 flat = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
                 raw.quantize.embedding.weight.copy_(flat[torch.randint(len(flat), (raw.config.n_embed,), generator=gen)])
@@ -182,12 +213,14 @@ def train(args) -> None:
         # 2. reconstruction + edges + commitment
         l_mse, l_l1, l_edge = F.mse_loss(x_rec, x), F.l1_loss(x_rec, x), edge_loss(x_rec, x)
         l_commit = F.mse_loss(h, z_q.detach())
-        loss = l_mse + 0.5 * l_l1 + args.edge_weight * l_edge + 0.25 * l_commit
+        loss = l_mse + 0.5 * l_l1 + args.edge_weight * l_edge + (0.0 if decoder_only else 0.25 * l_commit)
+        if args.object_weight:
+            loss = loss + args.object_weight * ((x_rec - x).abs() * object_mask(x)).mean()
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         opt.step()
-        # 3. codebook by EMA
-        restarted = codebook.update(h, idx, gen)
+        # 3. codebook by EMA (frozen when only the decoder trains)
+        restarted = 0 if decoder_only else codebook.update(h, idx, gen)
 
         if (step + 1) % args.log_every == 0:
             with torch.no_grad():
@@ -203,7 +236,7 @@ def train(args) -> None:
     raw.eval()
     raw.quantize.embedding.weight.requires_grad_(True)
     save_pretrained(raw, args.out)
-    result = evaluate(raw)
+    result = evaluate(raw, n=args.eval_scenes)
     recon_grid(raw, Path(args.out) / "reconstructions.png")
     common.write_record(Path(args.out), args, result, parameters=count_parameters(raw))
     log.info("final: %s", json.dumps(result))
@@ -213,12 +246,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p)
     p.add_argument("--edge-weight", type=float, default=1.0)
+    p.add_argument("--object-weight", type=float, default=0.0, help="extra L1 weight on non-background pixels")
+    p.add_argument("--decoder-from", default=None, help="exported VQGAN folder: train only its decoder")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
+    p.add_argument("--eval-scenes", type=int, default=512, help="fresh scenes scored at the end")
     args = common.parse(p, "pipelines.train.vqgan", argv)
     if args.eval_only:
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(args.threads)
-        print(json.dumps(evaluate(from_pretrained(args.out)), indent=2))
+        print(json.dumps(evaluate(from_pretrained(args.out), n=args.eval_scenes), indent=2))
         return
     train(args)
 
