@@ -151,6 +151,16 @@ def _decode(model, vqgan, z: torch.Tensor) -> torch.Tensor:
     return z.clamp(-1, 1)
 
 
+def _preview(model, vqgan, z: torch.Tensor) -> torch.Tensor:
+    """Images for the previews: the latent model's cheap colour map enlarged to the image size (a decoder
+    pass costs about two guided steps), else the full decode."""
+    if model.latent:
+        rgb = model.preview_rgb(z)
+        if rgb is not None:
+            return torch.nn.functional.interpolate(rgb, scale_factor=vqgan.factor, mode="nearest")
+    return _decode(model, vqgan, z)
+
+
 def _row(x: torch.Tensor) -> Image.Image:
     """A batch (B, 3, H, W) in [-1, 1] as one image, side by side."""
     return Image.fromarray(np.concatenate([media.to_uint8(img) for img in x.float().cpu()], axis=1))
@@ -209,7 +219,7 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         previews = {}
         if req.preview_every and (s.i % req.preview_every == 0 or done == total):
             with torch.no_grad():
-                both = _decode(model, vqgan, torch.cat([s.x_t, s.x0_pred]))
+                both = _preview(model, vqgan, torch.cat([s.x_t, s.x0_pred]))
             previews = {"x_t": _row(both[:B]), "x0_pred": _row(both[B:])}
         yield Step(ENGINE, "denoise", done, total, t=float(s.t), previews=previews,
                    elapsed_s=time.perf_counter() - t0)

@@ -60,6 +60,7 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"
     latent_mean: tuple[float, ...] = ()  # per channel, measured on training scenes
     latent_std: tuple[float, ...] = ()
+    preview_rgb: tuple[tuple[float, ...], ...] = ()  # (C + 1) x 3 linear map z -> RGB for cheap previews
     vqgan: str = "shapes-vqgan"       # the built-in components it was trained with (provenance)
     clip: str = "shapes-clip"
     extra: dict = field(default_factory=dict)  # provenance (training command, metrics); not architecture
@@ -68,6 +69,7 @@ class DiffusionConfig:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         self.latent_mean = tuple(float(v) for v in self.latent_mean) or (0.0,) * self.latent_channels
         self.latent_std = tuple(float(v) for v in self.latent_std) or (1.0,) * self.latent_channels
+        self.preview_rgb = tuple(tuple(float(v) for v in row) for row in self.preview_rgb)
         if len(self.latent_mean) != self.latent_channels or len(self.latent_std) != self.latent_channels:
             raise ValueError(f"latent_mean and latent_std need {self.latent_channels} values each")
 
@@ -84,7 +86,8 @@ class DiffusionConfig:
 # ---------------------------------------------------------------------------
 
 
-def build_unet(cfg: DiffusionConfig):
+def build_unet(cfg: DiffusionConfig, **extra):
+    """The UNet for cfg; `extra` goes to UNet2DConditionModel as is (the unCLIP decoder adds a class embedding)."""
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.block_out_channels)
@@ -93,17 +96,17 @@ def build_unet(cfg: DiffusionConfig):
         block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * n, up_block_types=("CrossAttnUpBlock2D",) * n,
         cross_attention_dim=cfg.text_dim, attention_head_dim=cfg.n_head,  # diffusers' name for the head count
-        norm_num_groups=32)
+        norm_num_groups=32, **extra)
 
 
 class LatentDiffusion(nn.Module):
     conditional = True
     latent = True
 
-    def __init__(self, config: DiffusionConfig):
+    def __init__(self, config: DiffusionConfig, **unet_extra):
         super().__init__()
         self.config = config
-        self.unet = build_unet(config)
+        self.unet = build_unet(config, **unet_extra)
         c = config.latent_channels
         self.register_buffer("latent_mean", torch.tensor(config.latent_mean).view(1, c, 1, 1))
         self.register_buffer("latent_std", torch.tensor(config.latent_std).view(1, c, 1, 1))
@@ -128,6 +131,14 @@ class LatentDiffusion(nn.Module):
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.latent_std + self.latent_mean         # z -> h, ready for the VQGAN's quantizer
+
+    def preview_rgb(self, z: torch.Tensor) -> torch.Tensor | None:
+        """A cheap look at latents: each 8x8 cell's colour by a fitted linear map (B, 3, 8, 8) in [-1, 1],
+        as Stable Diffusion UIs preview latents. None when the config has no map (decode fully then)."""
+        if not self.config.preview_rgb:
+            return None
+        m = torch.tensor(self.config.preview_rgb, device=z.device, dtype=z.dtype)  # (C + 1, 3)
+        return (torch.einsum("bchw,cd->bdhw", z, m[:-1]) + m[-1].view(1, 3, 1, 1)).clamp(-1, 1)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """The network's prediction (eps) for z_t (B, C, 8, 8) at timesteps t (B,) given text_emb (B, T, D)."""
@@ -172,6 +183,18 @@ def encode_text(clip, prompts: list[str], length: int) -> torch.Tensor:
     device = clip.mean.device
     return clip.model.text_model(input_ids=enc["input_ids"].to(device),
                                  attention_mask=enc["attention_mask"].to(device)).last_hidden_state
+
+
+@torch.no_grad()
+def fit_preview_rgb(model: LatentDiffusion, vqgan, images: torch.Tensor) -> None:
+    """Least-squares map from normalised latents to the mean colour of each f x f cell of the images
+    (B, 3, H, W) in [-1, 1]; stored in the config, so previews need no decoder pass."""
+    f = vqgan.factor
+    z = model.normalize(vqgan.encode_latent(images))                             # (B, C, h, w)
+    target = torch.nn.functional.avg_pool2d(images, f)                           # (B, 3, h, w)
+    a = torch.cat([z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), torch.ones(z.numel() // z.shape[1], 1)], 1)
+    m = torch.linalg.lstsq(a, target.permute(0, 2, 3, 1).reshape(-1, 3)).solution  # (C + 1, 3)
+    model.config.preview_rgb = tuple(tuple(round(float(v), 5) for v in row) for row in m)
 
 
 # ---------------------------------------------------------------------------

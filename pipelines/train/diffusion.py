@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text, save_pretrained
+from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text, fit_preview_rgb, save_pretrained
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
 
@@ -143,6 +143,8 @@ def train(args) -> None:
             common.save_grid(rows, run_dir / f"samples_{step + 1:06d}.png")
 
     ema.eval()
+    imgs, _ = shapes.sample_batch(1024, SIZE, np.random.default_rng([args.seed, 10**6 + 1]))
+    fit_preview_rgb(ema, vqgan, to_x(imgs))
     save_pretrained(ema, args.out)
     out = Path(args.out)
     shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
@@ -167,8 +169,23 @@ def main(argv=None) -> None:
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
     p.add_argument("--stat-images", type=int, default=2048)
     p.add_argument("--grid-steps", type=int, default=20, help="DPM-Solver++ steps for the sample grids")
+    p.add_argument("--fit-preview-only", action="store_true",
+                   help="only fit the cheap preview colour map of the folder given by --out, and save it")
     args = common.parse(p, "pipelines.train.diffusion", argv)
+    if args.fit_preview_only:
+        fit_preview(args)
+        return
     train(args)
+
+
+def fit_preview(args) -> None:
+    from pipelines.models.diffusion import from_pretrained
+
+    torch.set_num_threads(args.threads)
+    model, vqgan = from_pretrained(args.out), load_vqgan(args.vqgan).eval()
+    imgs, _ = shapes.sample_batch(1024, SIZE, np.random.default_rng([args.seed, 10**6 + 1]))
+    fit_preview_rgb(model, vqgan, to_x(imgs))
+    save_pretrained(model, args.out)
 
 
 if __name__ == "__main__":

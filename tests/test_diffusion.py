@@ -1,0 +1,273 @@
+"""The diffusion engine: model files, schedulers, the sampling loop, image to image, Stop, bad input,
+unconditional diffusers checkpoints through the registry, the command line and the training command."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import diffusion as engine
+from pipelines import media
+from pipelines.diffusion_sampling import SAMPLERS, make_scheduler, predict_x0
+from pipelines.events import Final, Step, generate
+from pipelines.models import diffusion as dm
+from pipelines.presets import ComponentSpec, PRESETS_DIR
+from pipelines.registry import ModelUnavailable, Registry
+
+WEIGHTS = PRESETS_DIR / "weights" / "shapes-diffusion"
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def parts(registry):
+    """The built-in model, VQGAN and CLIP, loaded once through the registry."""
+    p = engine.load_preset("shapes")
+    return {role: registry.get(spec) for role, spec in engine.components(p).items()}
+
+
+def _sample(parts, **kw):
+    req = engine.DiffusionRequest(**{"prompt": "a red circle", "steps": 4, "preview_every": 1, **kw})
+    return list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], torch.device("cpu")))
+
+
+# -- the model file -------------------------------------------------------------------------------
+
+
+def test_builtin_weights_are_small_and_carry_their_config():
+    assert (WEIGHTS / "model.safetensors").stat().st_size < 10 * 2**20
+    cfg = json.loads((WEIGHTS / "config.json").read_text())
+    assert cfg["latent_channels"] == 16 and cfg["latent_size"] == 8 and len(cfg["latent_std"]) == 16
+    rec = json.loads((WEIGHTS / "train.json").read_text())
+    assert "pipelines.train.diffusion" in rec["command"] and "seed" in rec
+
+
+def test_tiny_model_round_trips_through_safetensors(tmp_path):
+    model = dm.LatentDiffusion(dm.DiffusionConfig(block_out_channels=(32, 32), latent_mean=[0.5] * 16))
+    dm.save_pretrained(model, tmp_path)
+    back = dm.load_any(tmp_path)
+    assert isinstance(back, dm.LatentDiffusion) and back.config.latent_mean == (0.5,) * 16
+    z, t, text = torch.randn(2, 16, 8, 8), torch.tensor([0, 999]), torch.randn(2, 32, 128)
+    with torch.no_grad():
+        assert torch.allclose(model(z, t, text), back(z, t, text), atol=2e-2)  # float16 on disk
+    h = torch.randn(2, 16, 8, 8)
+    assert torch.allclose(back.denormalize(back.normalize(h)), h, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_x0_prediction_inverts_the_forward_process(kind):
+    sched = make_scheduler("DDIM", {"prediction_type": kind})
+    x0, eps, t = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4), 600
+    a = sched.alphas_cumprod[t]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    out = eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+    assert torch.allclose(predict_x0(sched, out, x_t, t), x0, atol=1e-4)
+
+
+def test_every_sampler_is_a_diffusers_scheduler_on_the_training_schedule():
+    cfg = dm.DiffusionConfig().scheduler_config()
+    for name in SAMPLERS:
+        s = make_scheduler(name, cfg)
+        s.set_timesteps(10)
+        assert len(s.timesteps) == 10 and int(s.timesteps[0]) == 999  # trailing spacing starts at T - 1
+    with pytest.raises(ValueError, match="Unknown sampler 'Euler'"):
+        make_scheduler("Euler", cfg)
+
+
+# -- the engine ----------------------------------------------------------------------------------
+
+
+def test_text_to_image_streams_previews_and_is_reproducible(parts):
+    events = _sample(parts, batch=2, seed=3, preview_every=2)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [s.step for s in steps] == [1, 2, 3, 4] and steps[-1].total == 4
+    with_previews = [s for s in steps if s.previews]
+    assert [s.step for s in with_previews] == [1, 3, 4]  # every 2 steps from the first, and the last
+    assert with_previews[0].previews["x_t"].size == (64, 32)  # the batch side by side
+    final = events[-1]
+    assert isinstance(final, Final) and len(final.images) == 2 and final.images[0].size == (32, 32)
+    assert final.meta["settings"]["seed"] == 3 and final.meta["steps_done"] == 4 and not final.stopped
+    again = _sample(parts, batch=2, seed=3, preview_every=0)[-1]
+    assert np.array_equal(np.asarray(again.images[1]), np.asarray(final.images[1]))
+    other = _sample(parts, batch=2, seed=4, preview_every=0)[-1]
+    assert not np.array_equal(np.asarray(other.images[0]), np.asarray(final.images[0]))
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_each_sampler_runs_with_and_without_guidance(parts, sampler):
+    for g in (1.0, 3.0):
+        final = _sample(parts, sampler=sampler, guidance=g, eta=1.0, preview_every=0)[-1]
+        assert np.asarray(final.images[0]).std() > 1  # a picture, not a flat colour
+
+
+def test_image_to_image_keeps_the_init_at_low_strength(parts):
+    from pipelines import shapes
+
+    init = shapes.render(shapes.parse_caption("a large white square on a black background"), 64, 0)
+    keep = _sample(parts, init_image=init, strength=0.0, steps=10)
+    assert not [e for e in keep if isinstance(e, Step)]  # strength 0: no step at all
+    low = _sample(parts, init_image=init, strength=0.3, steps=10, prompt="a red circle on a blue background")
+    assert low[-1].meta["steps_total"] == 3
+    high = _sample(parts, init_image=init, strength=1.0, steps=10, prompt="a red circle on a blue background")
+    ref = np.asarray(keep[-1].images[0], dtype=float)
+
+    def dist(ev):
+        return np.abs(np.asarray(ev[-1].images[0], dtype=float) - ref).mean()
+    assert dist(low) < dist(high)
+    assert low[-1].meta["settings"]["init_image"] == media.image_digest(init)
+
+
+def test_stop_keeps_the_clean_estimate(parts):
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    req = engine.DiffusionRequest(prompt="a red circle", steps=20, preview_every=0)
+    final = generate(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", stop))
+    assert final.stopped and final.meta["steps_done"] == 2 and final.meta["stopped"]
+    assert final.images[0].size == (32, 32)
+
+
+BAD = [({"steps": 0}, "Steps must be a whole number from 1 to 1000"),
+       ({"steps": 100000}, "Steps must be a whole number from 1 to 1000"),
+       ({"guidance": -1}, "Guidance scale must be a number from 0 to 50"),
+       ({"guidance": float("nan")}, "Guidance scale must be a number from 0 to 50"),
+       ({"batch": 0}, "Batch size must be a whole number from 1 to 16"),
+       ({"batch": 1000}, "Batch size must be a whole number from 1 to 16"),
+       ({"strength": -0.1}, "Strength must be a number from 0 to 1"),
+       ({"strength": 1.5}, "Strength must be a number from 0 to 1"),
+       ({"eta": 2}, "Eta must be a number from 0 to 1"),
+       ({"sampler": "Euler"}, "Unknown sampler 'Euler'"),
+       ({"init_image": Image.new("RGB", (400, 20))}, "sides may differ by at most 4x")]
+
+
+@pytest.mark.parametrize("change,message", BAD, ids=[next(iter(c)) + "=" + str(next(iter(c.values())))[:12] for c, _ in BAD])
+def test_bad_input_is_one_clear_message_before_any_model_loads(change, message):
+    spy = Registry(device="cpu", loaders={})  # no loaders: loading anything would fail differently
+    with pytest.raises(ValueError, match=message):
+        generate(engine.run(engine.DiffusionRequest(prompt="a red circle", **change), spy))
+    assert spy.status() == []
+
+
+def test_huge_or_broken_init_images_are_refused_by_the_loader(tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (5000, 5000)).save(big)
+    with pytest.raises(media.ImageInputError, match="(?i)init image"):
+        media.load_image(big, name="init image")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(media.ImageInputError, match="(?i)init image"):
+        media.load_image(bad, name="init image")
+
+
+def test_hub_preset_offline_is_one_sentence(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    reg = Registry(device="cpu", allow_network=False)
+    with pytest.raises(ModelUnavailable, match="google/ddpm-cifar10-32.*cannot be reached"):
+        generate(engine.run(engine.DiffusionRequest(preset="ddpm-cifar10"), reg))
+
+
+def test_png_metadata_rebuilds_the_request(parts, tmp_path):
+    final = _sample(parts, prompt="a purple star", negative_prompt="a red circle", seed=9, guidance=2.5)[-1]
+    path = media.save_png(final.images[0], tmp_path / "x.png", final.meta)[0]
+    req = engine.request_from_settings(media.read_meta(path)["settings"])
+    assert (req.prompt, req.negative_prompt, req.seed, req.guidance, req.steps) == ("a purple star", "a red circle", 9, 2.5, 4)
+    assert "a purple star" in Image.open(path).text["parameters"]
+
+
+def test_strip_and_video_frames():
+    a, b = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    assert engine.side_by_side(a, b).size == (66, 32)
+    strip = engine.trajectory_strip([(a, b)] * 30, max_columns=12)
+    assert strip.size == (12 * 34 - 2, 66)
+    assert strip.getpixel((0, 0)) == (255, 0, 0) and strip.getpixel((0, 40)) == (0, 0, 255)
+    assert engine.trajectory_strip([]) is None
+
+
+# -- unconditional diffusers checkpoints -----------------------------------------------------------
+
+
+def make_standin(folder, flat: bool):
+    """A tiny unconditional UNet2DModel + DDPMScheduler saved in the diffusers layouts."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    if flat:  # google/ddpm-cifar10-32 keeps the UNet and scheduler configs side by side
+        unet.save_pretrained(folder)
+        sched.save_config(folder)
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    else:
+        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["nested", "flat"])
+def test_unconditional_diffusers_folder_loads_through_the_registry_and_samples(tmp_path, flat):
+    folder = make_standin(tmp_path / "standin", flat)
+    reg = Registry(device="cpu")
+    model = reg.get(ComponentSpec("diffusion", "path", str(folder)))
+    assert isinstance(model, dm.PixelDiffusion) and not model.conditional and model.sample_shape == (3, 8, 8)
+    req = engine.DiffusionRequest(prompt="ignored", steps=3, batch=2, preview_every=1, sampler="DDIM")
+    events = list(engine.sample(req, model, None, None, "cpu"))
+    assert "unconditional" in events[0].notice
+    assert len(events[-1].images) == 2 and events[-1].images[0].size == (8, 8)
+    assert events[-1].meta["conditional"] is False
+
+
+def test_hub_preset_runs_from_the_hub_cache(tmp_path, monkeypatch):
+    """The real ddpm-cifar10 preset, its files put where the hub client caches them: no network needed."""
+    from huggingface_hub import constants
+
+    snap = tmp_path / "models--google--ddpm-cifar10-32" / "snapshots" / ("0" * 40)
+    make_standin(snap, flat=True)
+    (tmp_path / "models--google--ddpm-cifar10-32" / "refs").mkdir()
+    (tmp_path / "models--google--ddpm-cifar10-32" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    reg = Registry(device="cpu", allow_network=False)
+    final = generate(engine.run(engine.DiffusionRequest(preset="ddpm-cifar10", steps=2), reg))
+    assert final.images[0].size == (8, 8) and final.meta["preset"] == "ddpm-cifar10"
+    assert final.meta["models"]["diffusion"]["weights_id"]
+
+
+# -- command line and training -------------------------------------------------------------------
+
+
+def test_cli_writes_pictures_strip_and_video(tmp_path, capsys):
+    out = tmp_path / "o" / "pic.png"
+    assert engine.main(["a red circle", "--steps", "3", "--batch", "2", "--preview-every", "1", "--video",
+                        "--out", str(out)]) == 0
+    names = {p.name for p in out.parent.iterdir()}
+    assert {"pic_0.png", "pic_1.png", "pic_strip.png", "pic.mp4"} <= names
+    assert media.read_meta(out.parent / "pic_1.png")["batch_index"] == 1
+    assert engine.main(["a red circle", "--steps", "0"]) == 2
+    assert "error: Steps must be" in capsys.readouterr().out
+
+
+def test_training_command_trains_resumes_and_exports(tmp_path):
+    from pipelines.train import diffusion as train
+
+    out, run = tmp_path / "w", tmp_path / "run"
+    common = ["--out", str(out), "--run-dir", str(run), "--batch", "4", "--channels", "32,32", "--log-every", "1",
+              "--sample-every", "2", "--ckpt-every", "1", "--stat-images", "16", "--grid-steps", "2"]
+    train.main(common + ["--steps", "2"])
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 2 and (run / "samples_000002.png").exists()
+    train.main(common + ["--steps", "3", "--resume"])
+    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]
+    rec = json.loads((out / "train.json").read_text())
+    assert "pipelines.train.diffusion" in rec["command"] and rec["seed"] == 0 and math.isfinite(rec["metrics"]["loss"])
+    model = dm.load_any(out)
+    assert model.config.block_out_channels == (32, 32) and (out / "samples.png").exists()
