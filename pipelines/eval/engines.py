@@ -82,6 +82,21 @@ def vqgan_clip(registry, preset: str, caption: str, seed: int, n: int, overrides
     return out
 
 
+@engine("diffusion")
+def diffusion(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
+    """The diffusion engine from the preset's defaults: n samples in batches of up to 16 (seed, seed + 16, ...)."""
+    from pipelines.diffusion import ENGINE, MAX_BATCH, DiffusionRequest, run
+
+    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
+    settings.update(overrides)
+    settings["preview_every"] = 0
+    out = []
+    for k in range(0, n, MAX_BATCH):
+        req = DiffusionRequest(prompt=caption, preset=preset, seed=seed + k, batch=min(MAX_BATCH, n - k), **settings)
+        out += generate(run(req, registry)).images
+    return out
+
+
 @engine("dalle")
 def dalle(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
     """DALL-E from the preset's defaults. Reranked: each sample is CLIP's best of `candidates`
