@@ -29,6 +29,7 @@ class Step:
     metrics: Mapping[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
     notice: str | None = None      # a message for the user (a capped value, a phase change)
+    captions: tuple[str, ...] = ()  # an embedding shown by its nearest captions (unCLIP's prior)
 
 
 @dataclass(frozen=True)

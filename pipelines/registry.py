@@ -176,7 +176,9 @@ class Registry:
         self._resolved: dict[str, Path | str] = {}
         self._loaders: dict[str, Loader] = {}
         defaults = {"vqgan": load_vqgan_component, "clip": load_clip_component,
-                    "diffusion": load_diffusion_component, "dalle": load_dalle_component}
+                    "diffusion": load_diffusion_component, "dalle": load_dalle_component,
+                    "unclip_prior": load_unclip_prior_component, "unclip_decoder": load_unclip_decoder_component,
+                    "karlo": load_karlo_component}
         for kind, fn in (defaults if loaders is None else loaders).items():
             self.register_loader(kind, fn)
 
@@ -498,3 +500,28 @@ def load_dalle_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
     from .models.dalle import from_pretrained
 
     return from_pretrained(registry.resolve(spec))
+
+
+def load_unclip_prior_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """Atelier's unCLIP diffusion prior folder (config.json + model.safetensors)."""
+    from .models.unclip import from_pretrained
+
+    return from_pretrained(registry.resolve(spec), kind="prior")
+
+
+def load_unclip_decoder_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """Atelier's unCLIP decoder folder (config.json + model.safetensors)."""
+    from .models.unclip import from_pretrained
+
+    return from_pretrained(registry.resolve(spec), kind="decoder")
+
+
+def load_karlo_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """A diffusers UnCLIPPipeline folder or hub id (Karlo's layout: model_index.json and one folder per part).
+    A hub id is resolved first (the cache, then a quick network probe); diffusers then fetches the parts."""
+    from .models.karlo import load_karlo
+
+    where = registry.resolve(spec)
+    if spec.source == "hub":
+        return load_karlo(spec.location, revision=spec.revision, local_files_only=not registry.allow_network)
+    return load_karlo(where)

@@ -5,7 +5,7 @@ import gradio as gr
 
 from pipelines import __version__
 from ui import models as models_panel
-from ui import dalle, diffusion, vqgan_clip
+from ui import dalle, diffusion, unclip, vqgan_clip
 from pipelines.zerogpu import ON_SPACES
 from ui.common import RunControl, client_id_components, init_client_id
 from ui.runs import RunStore
@@ -24,6 +24,8 @@ def build_demo(registry) -> gr.Blocks:
                 diffusion.build(registry, runs)
             with gr.Tab("DALL-E", id="dalle"):
                 dalle.build(registry, store)
+            with gr.Tab("unCLIP", id="unclip"):
+                unclip.build(registry, store)
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)

@@ -112,6 +112,21 @@ def dalle(registry, preset: str, caption: str, seed: int, n: int, overrides: dic
             for i in range(n)]
 
 
+@engine("unclip")
+def unclip(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
+    """unCLIP text to image from the preset's defaults: n pictures in batches of up to 16 (seed, seed + 16, ...)."""
+    from pipelines.unclip import ENGINE, MAX_BATCH, UnCLIPRequest, run
+
+    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
+    settings.update(overrides)
+    settings["preview_every"] = 0
+    out = []
+    for k in range(0, n, MAX_BATCH):
+        req = UnCLIPRequest(prompt=caption, preset=preset, seed=seed + k, batch=min(MAX_BATCH, n - k), **settings)
+        out += generate(run(req, registry)).images
+    return out
+
+
 def _array(image: Image.Image):
     import numpy as np
     return np.asarray(image.convert("RGB"), dtype=np.float32)

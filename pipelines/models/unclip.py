@@ -1,0 +1,242 @@
+"""unCLIP: a diffusion prior from CLIP text to CLIP image embeddings, and a decoder that paints from them.
+
+Paper: Ramesh, Dhariwal, Nichol, Chu, Chen, "Hierarchical Text-Conditional Image
+Generation with CLIP Latents" (2022), the DALL-E 2 recipe, at toy scale. Both parts
+are denoisers with the interface of `pipelines/models/diffusion.py`, so the diffusion
+engine's loop (`pipelines/diffusion_sampling.denoise`) and diffusers' schedulers run
+them unchanged:
+
+    model(x_t, t, cond) -> network output       model.conditional, .sample_shape, .scheduler_config
+
+`DiffusionPrior` (paper section 2.1, "diffusion prior"): a decoder-only (causal)
+transformer over the sequence
+
+    [CLIP text token states (T), CLIP text embedding, timestep, noised image embedding, query]
+
+whose output at the final query is the *clean* image embedding (the paper predicts
+z_i directly rather than the noise). Embeddings live on the unit sphere scaled by
+sqrt(D), so each coordinate has roughly unit variance, as DALLE2-pytorch does.
+Classifier-free guidance uses the empty caption, which training swaps in for 10 % of
+captions.
+
+`UnCLIPDecoder` (section 2.1, "decoder"): the diffusion engine's latent UNet over the
+built-in VQGAN's 8x8x16 latents, conditioned on the image embedding twice, as GLIDE
+was adapted in the paper: projected and added to the timestep embedding (diffusers'
+`class_embed_type="projection"`), and projected into a few extra cross-attention
+tokens. Guidance drops the embedding to zeros (10 % in training).
+
+Notation: e = CLIP embedding on the unit sphere (D,); x = sqrt(D) e what the prior
+denoises; z the decoder's normalised VQGAN latent; cond the prior's packed
+conditioning (see `encode_prompt`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------
+# Prior: blocks in dependency order (nanoGPT's layout)
+# ---------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        assert n_embd % n_head == 0, f"n_embd {n_embd} must divide into {n_head} heads"
+        self.n_head = n_head
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.proj = nn.Linear(n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (u.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for u in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features (B, dim) of integer timesteps t (B,), as in the Transformer and DDPM."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+@dataclass
+class PriorConfig:
+    embed_dim: int = 128              # CLIP's projection_dim: the embeddings the prior maps between
+    text_dim: int = 128               # width of the CLIP text encoder's hidden states
+    text_len: int = 32                # CLIP context length: captions are always padded to it
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"  # the cosine schedule the paper's prior uses
+    clip: str = "shapes-clip"         # the built-in CLIP it was trained with (provenance)
+    extra: dict = field(default_factory=dict)  # provenance (training command, metrics); not architecture
+
+    def __post_init__(self):
+        if self.embed_dim % self.text_dim:
+            # encode_prompt folds the text embedding into rows of the token states' width
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be a multiple of text_dim ({self.text_dim})")
+
+    @property
+    def cond_len(self) -> int:
+        return self.text_len + self.embed_dim // self.text_dim
+
+    def scheduler_config(self) -> dict:
+        return {"num_train_timesteps": self.num_train_timesteps, "beta_schedule": self.beta_schedule,
+                "prediction_type": "sample",       # the network outputs the clean embedding
+                "clip_sample": False,              # x = sqrt(D) e has coordinates beyond [-1, 1]
+                "timestep_spacing": "trailing"}
+
+
+class DiffusionPrior(nn.Module):
+    conditional = True
+    latent = False
+
+    def __init__(self, config: PriorConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.text_in = nn.Linear(c.text_dim, c.n_embd)     # token states -> width
+        self.emb_in = nn.Linear(c.embed_dim, c.n_embd)     # text embedding -> one token
+        self.x_in = nn.Linear(c.embed_dim, c.n_embd)       # noised image embedding -> one token
+        self.time_in = nn.Sequential(nn.Linear(c.n_embd, c.n_embd), nn.SiLU(), nn.Linear(c.n_embd, c.n_embd))
+        self.query = nn.Parameter(torch.zeros(1, 1, c.n_embd))
+        self.pos = nn.Parameter(torch.zeros(1, c.text_len + 4, c.n_embd))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head) for _ in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd)
+        self.out = nn.Linear(c.n_embd, c.embed_dim)
+        nn.init.normal_(self.pos, std=0.02)
+        nn.init.normal_(self.query, std=0.02)
+
+    @property
+    def sample_shape(self) -> tuple[int]:
+        return (self.config.embed_dim,)
+
+    @property
+    def scheduler_config(self) -> dict:
+        return self.config.scheduler_config()
+
+    @property
+    def scale(self) -> float:
+        return math.sqrt(self.config.embed_dim)           # unit sphere -> about unit variance per coordinate
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The clean embedding x0 (B, D) predicted from x_t (B, D) at timesteps t (B,) given cond (B, L, W)."""
+        c = self.config
+        B = x_t.shape[0]
+        assert x_t.shape == (B, c.embed_dim), f"expected (B, {c.embed_dim}), got {tuple(x_t.shape)}"
+        assert cond.shape == (B, c.cond_len, c.text_dim), f"expected cond (B, {c.cond_len}, {c.text_dim}), got {tuple(cond.shape)}"
+        tokens, text_emb = cond[:, :c.text_len], cond[:, c.text_len:].reshape(B, c.embed_dim)
+        seq = torch.cat([
+            self.text_in(tokens),                                          # (B, T, W)
+            self.emb_in(text_emb)[:, None],                                # (B, 1, W)
+            self.time_in(timestep_embedding(t, c.n_embd))[:, None],        # (B, 1, W)
+            self.x_in(x_t)[:, None],                                       # (B, 1, W)
+            self.query.expand(B, -1, -1),                                  # (B, 1, W)
+        ], dim=1) + self.pos
+        for block in self.blocks:
+            seq = block(seq)
+        return self.out(self.ln_f(seq[:, -1]))                             # (B, D): read at the query
+
+
+def encode_prompt(clip, prompts: list[str], text_len: int) -> torch.Tensor:
+    """The prior's conditioning (N, text_len + D/W, W): the CLIP token states, then the projected,
+    unit-norm text embedding folded into D/W rows of the same width. One tensor, so the diffusion
+    loop can batch the conditional and unconditional passes with torch.cat."""
+    tokens = encode_text(clip, prompts, text_len)                           # (N, T, W)
+    emb = F.normalize(clip.encode_text(prompts), dim=-1)                    # (N, D)
+    return torch.cat([tokens, emb.view(len(prompts), -1, tokens.shape[-1])], dim=1)
+
+
+def image_embedding(clip, pixels: torch.Tensor) -> torch.Tensor:
+    """Unit-norm CLIP image embeddings (N, D) of images in [-1, 1] (N, 3, H, W)."""
+    return F.normalize(clip.encode_image(clip.resize((pixels.float() + 1) / 2)), dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# Decoder: the diffusion engine's latent UNet, conditioned on the image embedding
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderConfig(DiffusionConfig):
+    image_dim: int = 128              # CLIP embedding width (projection_dim)
+    image_tokens: int = 4             # extra cross-attention tokens projected from the embedding (the paper uses 4)
+
+
+class UnCLIPDecoder(LatentDiffusion):
+    def __init__(self, config: DecoderConfig):
+        super().__init__(config, class_embed_type="projection",
+                         projection_class_embeddings_input_dim=config.image_dim)
+        self.to_tokens = nn.Linear(config.image_dim, config.image_tokens * config.text_dim)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        """eps for z_t (B, C, 8, 8) at t (B,) given unit-norm image embeddings (B, D); zeros = unconditional."""
+        c = self.config
+        B = z_t.shape[0]
+        assert z_t.shape[1:] == self.sample_shape, f"expected (B, {self.sample_shape}), got {tuple(z_t.shape)}"
+        assert image_emb.shape == (B, c.image_dim), f"expected image_emb (B, {c.image_dim}), got {tuple(image_emb.shape)}"
+        x = image_emb * math.sqrt(c.image_dim)                                  # about unit variance per coordinate
+        tokens = self.to_tokens(x).view(B, c.image_tokens, c.text_dim)          # (B, k, W)
+        return self.unet(z_t, t, encoder_hidden_states=tokens, class_labels=x).sample
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: config.json + model.safetensors, float16 on disk
+# ---------------------------------------------------------------------------
+
+KINDS = {"prior": (PriorConfig, DiffusionPrior), "decoder": (DecoderConfig, UnCLIPDecoder)}
+
+
+def save_pretrained(model: DiffusionPrior | UnCLIPDecoder, directory: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    kind = "prior" if isinstance(model, DiffusionPrior) else "decoder"
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({"unclip": kind, **asdict(model.config)}, indent=2))
+    save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()},
+              str(directory / "model.safetensors"))
+
+
+def from_pretrained(directory: str | Path, kind: str | None = None) -> DiffusionPrior | UnCLIPDecoder:
+    """A saved prior or decoder; `kind` ('prior' or 'decoder') checks which one the folder holds."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    raw = json.loads((directory / "config.json").read_text())
+    found = raw.pop("unclip", None)
+    if found not in KINDS or (kind is not None and found != kind):
+        raise ValueError(f"{directory.name} holds no unCLIP {kind or 'prior or decoder'} (config says {found!r})")
+    config_cls, model_cls = KINDS[found]
+    model = model_cls(config_cls(**raw))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(directory / "model.safetensors")).items()})
+    return model.eval()

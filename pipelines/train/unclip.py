@@ -1,0 +1,255 @@
+"""Train the built-in unCLIP pair: the diffusion prior, then the decoder (they train independently).
+
+    python -m pipelines.train.unclip prior   --out presets/weights/shapes-unclip-prior   --steps 4000
+    python -m pipelines.train.unclip decoder --out presets/weights/shapes-unclip-decoder --steps 1800 --cache 16384
+
+Both draw fresh scenes from the shapes stream each step (held-out colour+shape pairs
+excluded) and read them with the frozen built-in CLIP.
+
+prior:   1. captions -> packed CLIP conditioning (token states + text embedding); 10 % of
+            captions become the empty caption, which guidance subtracts at sampling time;
+         2. renders -> unit-norm CLIP image embeddings e, scaled to x0 = sqrt(D) e;
+         3. noise x0 at a uniform timestep of the cosine schedule and regress x0 itself (MSE),
+            as the DALL-E 2 paper's prior does.
+         Every --sample-every steps it samples embeddings for 256 fresh captions with the
+         app's loop and logs their cosine to the true image embeddings and R@1 among them.
+decoder: 1. renders -> the VQGAN's normalised latents z0 (statistics measured first) and
+            CLIP image embeddings e; 10 % of e become zeros (the unconditional input);
+         2. DDPM's noise regression with min-SNR weights, as `pipelines/train/diffusion.py`;
+         3. sample grids: fresh renders on the top row, then decodes of their embeddings.
+         With --cache N it trains on N scenes encoded once (kept in the run dir) instead of
+         fresh ones: on a shared CPU the VQGAN and CLIP encoders cost as much as the UNet's step.
+An exponential moving average of the weights is kept for both and exported.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines import shapes
+from pipelines.diffusion_sampling import denoise, make_scheduler
+from pipelines.models.clip import load_clip
+from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
+                                     image_embedding, save_pretrained)
+from pipelines.models.vqgan import from_pretrained as load_vqgan
+from pipelines.train import common
+from pipelines.train.diffusion import SIZE, ema_update, latent_stats, to_x
+
+log = logging.getLogger("atelier.train.unclip")
+
+
+# ---------------------------------------------------------------------------
+# Sampling with the app's loop (grids and evaluation while training)
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_prior(prior, clip, captions: list[str], seed: int, steps: int = 16, guidance: float = 2.0) -> torch.Tensor:
+    """Unit-norm image embeddings (N, D) for captions, drawn with DDIM like the engine's default."""
+    gen = torch.Generator().manual_seed(seed)
+    scheduler = make_scheduler("DDIM", prior.scheduler_config)
+    scheduler.set_timesteps(steps)
+    cond = encode_prompt(clip, captions, prior.config.text_len)
+    null = encode_prompt(clip, [""] * len(captions), prior.config.text_len)
+    x = torch.randn((len(captions), *prior.sample_shape), generator=gen)
+    for s in denoise(prior, scheduler, x, cond, null, guidance, gen):
+        x = s.x_next
+    return F.normalize(x, dim=-1)
+
+
+@torch.no_grad()
+def sample_decoder(decoder, vqgan, image_emb: torch.Tensor, seed: int, steps: int = 20,
+                   guidance: float = 3.0) -> np.ndarray:
+    """uint8 (N, 32, 32, 3) pictures painted from unit-norm image embeddings (N, D)."""
+    gen = torch.Generator().manual_seed(seed)
+    scheduler = make_scheduler("DPM-Solver++", decoder.scheduler_config)
+    scheduler.set_timesteps(steps)
+    z = torch.randn((len(image_emb), *decoder.sample_shape), generator=gen)
+    for s in denoise(decoder, scheduler, z, image_emb, torch.zeros_like(image_emb), guidance, gen):
+        z = s.x_next
+    x = vqgan.decode(vqgan.quantize(decoder.denormalize(z))[0])
+    return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def prior_metrics(prior, clip, n: int, seed: int, steps: int = 16) -> dict:
+    """Sampled embeddings against the true image embeddings of n fresh scenes: mean cosine, R@1
+    among the n, and the same cosine for the text embedding itself (what no prior would give)."""
+    imgs, captions = shapes.sample_batch(n, SIZE, np.random.default_rng([seed, 7, 7]))
+    e_img = image_embedding(clip, to_x(imgs))
+    e_pred = sample_prior(prior, clip, captions, seed)
+    e_txt = F.normalize(clip.encode_text(captions), dim=-1)
+    sim = e_pred @ e_img.t()
+    return {"cos": sim.diag().mean().item(), "r_at_1": (sim.argmax(1) == torch.arange(n)).float().mean().item(),
+            "cos_text": (e_txt * e_img).sum(-1).mean().item()}
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+def train(args) -> None:
+    accelerator, run_dir = common.setup(args, f"unclip_{args.part}")
+    clip = load_clip(args.clip).eval().requires_grad_(False)
+    vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False) if args.part == "decoder" else None
+    emb_dim = clip.embed_dim
+    if args.part == "prior":
+        model = DiffusionPrior(PriorConfig(embed_dim=emb_dim, text_dim=clip.model.config.text_config.hidden_size,
+                                           text_len=clip.context_length, n_layer=args.layers, n_head=args.heads,
+                                           n_embd=args.width, clip=Path(args.clip).name))
+    else:
+        model = UnCLIPDecoder(DecoderConfig(
+            block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
+            latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
+            text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
+            vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens))
+        model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("unCLIP %s with %d parameters", args.part, n_params)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
+    if "ema" in extra:
+        ema.load_state_dict(extra["ema"])
+    noise_sched = make_scheduler("DDPM", raw.scheduler_config)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weight = snr.clamp(max=args.snr_gamma) / snr if args.part == "decoder" and args.snr_gamma > 0 else torch.ones_like(snr)
+    device = accelerator.device
+    clip.to(device), ema.to(device)
+    if vqgan is not None:
+        vqgan.to(device)
+    T = raw.config.num_train_timesteps
+    cache = decoder_cache(raw, vqgan, clip, args, run_dir) if args.part == "decoder" and args.cache else None
+
+    for step in range(start, args.steps):
+        raw.train()
+        common.set_lr(opt, step, args)
+        rng = common.batch_rng(args.seed, step)
+        if cache is None:
+            imgs, captions = shapes.sample_batch(args.batch, SIZE, rng)
+        drop = torch.from_numpy(rng.random(args.batch) < args.cond_dropout)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        # 1. the clean sample and its conditioning
+        with torch.no_grad():
+            if cache is not None:                                                # scenes encoded once
+                idx = torch.from_numpy(rng.choice(len(cache["z0"]), args.batch, replace=False))
+                x0, e_img = cache["z0"][idx].to(device), cache["e"][idx].to(device)
+            else:
+                x = to_x(imgs).to(device)
+                e_img = image_embedding(clip, x)                                   # (B, D)
+            if args.part == "prior":
+                captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+                cond = encode_prompt(clip, captions, raw.config.text_len)        # (B, T + D/W, W)
+                x0 = e_img * raw.scale                                           # (B, D)
+            else:
+                cond = e_img.masked_fill(drop[:, None].to(device), 0.0)          # zeros: unconditional
+                if cache is None:
+                    x0 = raw.normalize(vqgan.encode_latent(x))                   # (B, 16, 8, 8)
+        # 2. noise at uniform timesteps
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, T, (len(x0),), generator=gen)
+        x_t = noise_sched.add_noise(x0, eps, t.to(device))
+        # 3. the prior regresses x0, the decoder eps (min-SNR weighted)
+        pred = model(x_t, t.to(device), cond)
+        target = x0 if args.part == "prior" else eps
+        per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+        loss = (per_sample * weight[t].to(device)).mean()
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, raw, args.ema if step >= args.ema_start else 0.0)
+        if (step + 1) % args.log_every == 0:
+            metrics.write(step + 1, loss=loss.item(), mse=per_sample.mean().item(), grad_norm=float(grad_norm),
+                          lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
+        if (step + 1) % args.sample_every == 0 or step + 1 == args.steps:
+            ema.eval()
+            if args.part == "prior":
+                metrics.write(step + 1, **{f"eval_{k}": v for k, v in prior_metrics(ema, clip, max(2, args.eval_scenes // 4), args.seed).items()})
+            else:
+                write_decoder_grid(ema, vqgan, clip, run_dir / f"samples_{step + 1:06d}.png", args)
+
+    ema.eval()
+    save_pretrained(ema, args.out)
+    out = Path(args.out)
+    shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    final = {k: v for rec in lines for k, v in rec.items() if k in ("loss", "mse")}
+    if args.part == "prior":
+        final.update(prior_metrics(ema, clip, args.eval_scenes, args.seed + 1))
+    else:
+        write_decoder_grid(ema, vqgan, clip, out / "samples.png", args)
+    common.write_record(out, args, final, parameters=n_params, images_seen=args.steps * args.batch,
+                        distinct_scenes=args.cache or args.steps * args.batch,
+                        held_out_excluded=sorted(" ".join(p) for p in shapes.HELD_OUT))
+
+
+@torch.no_grad()
+def decoder_cache(decoder, vqgan, clip, args, run_dir: Path) -> dict:
+    """--cache scenes encoded once (normalised latents z0 and image embeddings e), kept in the run dir so
+    a resumed run reuses them: on a shared CPU the encoders cost as much as the UNet's training step."""
+    path = run_dir / f"cache_{args.cache}_{args.seed}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    rng = np.random.default_rng([args.seed, 5, 5])
+    z0, e = [], []
+    for k in range(0, args.cache, 256):
+        imgs, _ = shapes.sample_batch(min(256, args.cache - k), SIZE, rng)
+        x = to_x(imgs)
+        z0.append(decoder.normalize(vqgan.encode_latent(x)))
+        e.append(image_embedding(clip, x))
+    cache = {"z0": torch.cat(z0), "e": torch.cat(e)}
+    torch.save(cache, path)
+    log.info("cached %d scenes in %s", args.cache, path)
+    return cache
+
+
+def write_decoder_grid(decoder, vqgan, clip, path: Path, args, n: int = 8) -> None:
+    imgs, _ = shapes.sample_batch(n, SIZE, np.random.default_rng([args.seed, 8, 8]))
+    e = image_embedding(clip, to_x(imgs))
+    rows = [imgs] + [sample_decoder(decoder, vqgan, e, seed, args.grid_steps) for seed in range(2)]
+    common.save_grid(rows, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("part", choices=["prior", "decoder"])
+    common.add_common_args(p)
+    p.set_defaults(lr=5e-4, batch=64)
+    p.add_argument("--vqgan", default="presets/weights/shapes-vqgan")
+    p.add_argument("--clip", default="presets/weights/shapes-clip")
+    p.add_argument("--layers", type=int, default=None, help="prior: transformer blocks (4); decoder: layers per UNet block (1)")
+    p.add_argument("--width", type=int, default=128, help="prior: transformer width")
+    p.add_argument("--heads", type=int, default=4, help="prior: attention heads")
+    p.add_argument("--channels", default="64,128", help="decoder: UNet block widths, one per level")
+    p.add_argument("--image-tokens", type=int, default=4, help="decoder: cross-attention tokens from the embedding")
+    p.add_argument("--cond-dropout", type=float, default=0.1, help="share of empty captions / zeroed embeddings")
+    p.add_argument("--snr-gamma", type=float, default=5.0, help="decoder: min-SNR weighting; 0 for plain MSE")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
+    p.add_argument("--stat-images", type=int, default=2048)
+    p.add_argument("--eval-scenes", type=int, default=512, help="prior: fresh scenes for the final cosine and R@1 "
+                   "(a quarter of them while training)")
+    p.add_argument("--cache", type=int, default=0, help="decoder: train on this many scenes encoded once "
+                   "(0: fresh scenes every step)")
+    p.add_argument("--grid-steps", type=int, default=20, help="DPM-Solver++ steps for the decoder's grids")
+    args = common.parse(p, "pipelines.train.unclip", argv)
+    if args.layers is None:
+        args.layers = 4 if args.part == "prior" else 1
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,543 @@
+"""unCLIP (DALL-E 2): text -> CLIP image embedding (the prior) -> picture (the decoder).
+
+    text to image    e_txt = CLIP(prompt);  the prior samples K candidate image embeddings and
+                     keeps the one closest to e_txt (as DALLE2-pytorch does); the decoder paints it
+    variations       e_img = CLIP(upload);  the decoder paints it N times from different noise
+    interpolation    two ends (prompts through the prior, or images through CLIP), spherically
+                     interpolated, e(w) = slerp(e_a, e_b, w); every frame is painted from the same
+                     noise so the only change between frames is the embedding
+
+Both stages are denoisers driven by the diffusion engine's loop
+(`pipelines/diffusion_sampling.denoise`) and any of its samplers, with classifier-free
+guidance each: the prior against the empty caption, the decoder against the zero embedding.
+The prior stage's previews are its current clean estimate shown by its nearest captions
+from a pool of the shapes grammar; the decoder's are x_t and x0_pred, as in the diffusion tab.
+Stop ends the run at the next step: in the decoder it keeps the last clean estimate, in the
+prior nothing is painted yet.
+
+The built-in shapes pair comes from `pipelines/models/unclip.py`; Karlo's diffusers
+checkpoint runs through the adapter in `pipelines/models/karlo.py` with the same interface
+(`UnCLIPParts`).
+
+Command line: `python -m pipelines.unclip "a red circle above a blue square"`,
+`--vary picture.png --batch 4`, `--to "a blue star" --frames 16 --video`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipelines import __version__, media, shapes
+from pipelines.diffusion import _number, _row, _square, side_by_side, trajectory_strip
+from pipelines.diffusion_sampling import SAMPLERS, denoise, make_scheduler
+from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.presets import load_preset
+
+log = logging.getLogger(__name__)
+
+ENGINE = "unclip"
+MODES = ("text", "variations", "interpolate")
+MAX_STEPS = 1000
+MAX_BATCH = 16
+MAX_CANDIDATES = 16
+MAX_GUIDANCE = 50.0
+MAX_FRAMES = 64           # interpolation frames are painted in one batch
+MAX_ASPECT = 4.0
+PREVIEW_COLUMNS = 8       # previews of a bigger batch show this many, evenly spaced
+
+
+@dataclass(frozen=True)
+class UnCLIPRequest:
+    mode: str = "text"                    # a MODES entry
+    prompt: str = ""                      # text: what to draw; interpolate: the first end (unless image)
+    preset: str = "shapes"
+    prior_sampler: str = "DDIM"
+    prior_steps: int = 25
+    prior_guidance: float = 2.0
+    candidates: int = 2                   # prior samples per picture; the one closest to the text is kept
+    sampler: str = "DPM-Solver++"         # the decoder's
+    steps: int = 25
+    guidance: float = 3.0
+    seed: int = 0
+    batch: int = 1                        # pictures (text), variations (variations); 1 for interpolate
+    image: Image.Image | None = None      # variations: the source; interpolate: the first end
+    prompt_b: str = ""                    # interpolate: the second end (unless image_b)
+    image_b: Image.Image | None = None
+    frames: int = 8                       # interpolate: pictures from end a to end b, both included
+    preview_every: int = 5                # 0 = no previews
+
+    def replace(self, **kw) -> "UnCLIPRequest":
+        return dataclasses.replace(self, **kw)
+
+
+def _check_image(img: Image.Image | None, name: str) -> None:
+    if img is None:
+        return
+    w, h = img.size
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise ValueError(f"The {name} is {w}x{h}; its sides may differ by at most {MAX_ASPECT:g}x "
+                         "(crop it closer to a square).")
+
+
+def _end(req: UnCLIPRequest, which: str) -> tuple[str, str | Image.Image]:
+    """An interpolation end as ('image', picture) or ('text', prompt)."""
+    image, prompt = (req.image, req.prompt) if which == "a" else (req.image_b, req.prompt_b)
+    return ("image", image) if image is not None else ("text", prompt.strip())
+
+
+def validate(req: UnCLIPRequest) -> UnCLIPRequest:
+    """Check every field before any model loads; numbers come back as int/float."""
+    if req.mode not in MODES:
+        raise ValueError(f"Unknown mode {req.mode!r}: choose one of {', '.join(MODES)}.")
+    for name, value in (("Prior sampler", req.prior_sampler), ("Decoder sampler", req.sampler)):
+        if value not in SAMPLERS:
+            raise ValueError(f"Unknown {name.lower()} {value!r}: choose one of {', '.join(SAMPLERS)}.")
+    if not isinstance(req.prompt, str) or not isinstance(req.prompt_b, str):
+        raise ValueError("Prompts must be text.")
+    _check_image(req.image, "image")
+    _check_image(req.image_b, "second image")
+    if req.mode == "variations" and req.image is None:
+        raise ValueError("Variations need a picture: upload one.")
+    if req.mode == "interpolate":
+        a, b = _end(req, "a"), _end(req, "b")
+        for (kind, value), which in ((a, "first"), (b, "second")):
+            if kind == "text" and not value:
+                raise ValueError(f"The {which} end of the interpolation is empty: give a prompt or an image.")
+        same = a[0] == b[0] and (a[1] == b[1] if a[0] == "text" else media.image_digest(a[1]) == media.image_digest(b[1]))
+        if same:
+            raise ValueError("The two ends of the interpolation are the same: there is nothing to blend. "
+                             "Give two different prompts or images.")
+    return req.replace(
+        prior_steps=_number("Prior steps", req.prior_steps, 1, MAX_STEPS, integer=True),
+        prior_guidance=_number("Prior guidance", req.prior_guidance, 0, MAX_GUIDANCE),
+        candidates=_number("Prior samples", req.candidates, 1, MAX_CANDIDATES, integer=True),
+        steps=_number("Decoder steps", req.steps, 1, MAX_STEPS, integer=True),
+        guidance=_number("Decoder guidance", req.guidance, 0, MAX_GUIDANCE),
+        seed=_number("Seed", req.seed, 0, 2**63 - 1, integer=True),
+        batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
+        frames=_number("Frames", req.frames, 2, MAX_FRAMES, integer=True),
+        preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
+
+
+def _settings(req: UnCLIPRequest) -> dict:
+    """The request as plain JSON data; images become their digests."""
+    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
+    for k in ("image", "image_b"):
+        d[k] = media.image_digest(d[k]) if d[k] is not None else None
+    return d
+
+
+def request_from_settings(settings: dict, **overrides) -> UnCLIPRequest:
+    """Rebuild a request from the `settings` in an image's metadata (images are not stored)."""
+    fields = {f.name for f in dataclasses.fields(UnCLIPRequest)} - {"image", "image_b"}
+    return UnCLIPRequest(**{**{k: v for k, v in settings.items() if k in fields}, **overrides})
+
+
+# ---------------------------------------------------------------------------
+# The models behind one interface
+# ---------------------------------------------------------------------------
+
+
+class UnCLIPParts:
+    """The built-in shapes pair: prior + decoder over the built-in VQGAN and CLIP.
+
+    The interface the engine uses (Karlo's adapter has the same):
+        prior, decoder                 denoisers for `denoise` (conditional, sample_shape, scheduler_config)
+        prompt_cond(prompts)           the prior's conditioning;  prompt_cond([""]) the unconditional one
+        text_embedding(prompts)        unit-norm CLIP text embeddings (N, D), for ranking candidates
+        image_embedding(images)        unit-norm CLIP image embeddings (N, D) of PIL pictures
+        to_embedding(x)                the prior's sample -> unit-norm embedding (N, D)
+        decoder_cond(emb, prompts)     the decoder's conditioning (prompts: text mode's, else None)
+        decoder_null(n)                its unconditional input
+        decode(z), preview(z)          the decoder's sample -> pictures in [-1, 1] (N, 3, H, W); preview may be cheaper
+        device, pool_key               where it runs; what the caption pool's embeddings depend on
+    Embeddings may carry a norm (Karlo's do); similarities and interpolation use their directions.
+    """
+    def __init__(self, prior, decoder, vqgan, clip):
+        self.prior, self.decoder, self.vqgan, self.clip = prior, decoder, vqgan, clip
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.mean.device
+
+    def prompt_cond(self, prompts: list[str]) -> torch.Tensor:
+        from pipelines.models.unclip import encode_prompt
+        return encode_prompt(self.clip, prompts, self.prior.config.text_len)
+
+    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(prompts), dim=-1)
+
+    def image_embedding(self, images: list[Image.Image]) -> torch.Tensor:
+        from pipelines.models.unclip import image_embedding
+        return image_embedding(self.clip, _pixels(images, self.image_size, self.device))
+
+    def to_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=-1)
+
+    @property
+    def pool_key(self):
+        return self.clip                      # the caption pool's embeddings depend on the CLIP only
+
+    def decoder_cond(self, emb: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+        return F.normalize(emb.float(), dim=-1)   # the built-in decoder reads the embedding alone
+
+    def decoder_null(self, n: int) -> torch.Tensor:
+        return torch.zeros(n, self.decoder.config.image_dim, device=self.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z_q = self.vqgan.quantize(self.decoder.denormalize(z))[0]
+        return self.vqgan.decode(z_q).clamp(-1, 1)
+
+    preview = decode                          # cheap here: one VQGAN decoder pass
+
+
+def _pixels(images: list[Image.Image], side: int, device) -> torch.Tensor:
+    """PIL pictures -> (N, 3, side, side) in [-1, 1], centre-cropped to squares."""
+    arr = np.stack([np.asarray(_square(img.convert("RGB"), side)) for img in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+
+
+def components(preset) -> dict:
+    """Role -> spec: Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP."""
+    c = preset.components
+    if "karlo" in c:
+        return {"karlo": c["karlo"]}
+    need = ("unclip_prior", "unclip_decoder", "vqgan", "clip")
+    if not all(k in c for k in need):
+        raise ValueError(f"The preset '{preset.name}' has no unCLIP models; choose one that has.")
+    return {k: c[k] for k in need}
+
+
+def parts_from(models: dict):
+    if "karlo" in models:
+        return models["karlo"]          # the loader returns the adapter itself
+    return UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"])
+
+
+def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
+    """The engine: validate, take the preset's models from the registry, then `sample`."""
+    req = validate(req)
+    preset = load_preset(req.preset)
+    specs = components(preset)
+    with registry.use(*specs.values()) as models:
+        info = {"preset": preset.name, "models": registry.describe(*specs.values())}
+        yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info)
+
+
+# ---------------------------------------------------------------------------
+# Nearest captions: what the prior's embedding looks like to CLIP
+# ---------------------------------------------------------------------------
+
+_POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def caption_pool(seed: int = 0, n_two: int = 400) -> list[str]:
+    """Captions of the shapes grammar: every one-object caption with a size and/or position or a
+    background, plus n_two two-object captions (held-out pairs included: the pool only names)."""
+    out = []
+    for color in shapes.PALETTE:
+        for shape in shapes.SHAPES:
+            for size in ("", "small ", "large "):
+                for pos in ("", *(" " + p for p in shapes.POSITIONS)):
+                    out.append(f"a {size}{color} {shape}{pos}")
+            out += [f"a {color} {shape} on a {bg} background" for bg in shapes.PALETTE if bg != color]
+    rng = np.random.default_rng(seed)
+    out += [shapes.random_scene(rng, exclude=(), p_optional=0.5, p_two=1.0).caption() for _ in range(n_two)]
+    return list(dict.fromkeys(out))
+
+
+@torch.no_grad()
+def nearest_captions(parts, emb: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
+    """For each unit-norm embedding (N, D), its k nearest pool captions with cosine similarities."""
+    key = parts.pool_key
+    if key not in _POOLS:
+        pool = caption_pool()
+        _POOLS[key] = (pool, torch.cat([parts.text_embedding(pool[i:i + 256]) for i in range(0, len(pool), 256)]))
+    pool, pool_emb = _POOLS[key]
+    sims = F.normalize(emb.float(), dim=-1) @ pool_emb.to(emb.device).t()
+    top = sims.topk(k, dim=1)
+    return [[(pool[j], round(float(s), 3)) for s, j in zip(vals, idx)] for vals, idx in zip(top.values, top.indices)]
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between the directions of a and b (D,) at weights w (F,) -> (F, D);
+    the norm goes linearly from |a| to |b| (1 throughout for unit vectors)."""
+    na, nb = a.norm(), b.norm()
+    ua, ub = a / na, b / nb
+    omega = torch.arccos((ua * ub).sum().clamp(-1 + 1e-7, 1 - 1e-7))
+    w = w[:, None].to(a.dtype)
+    direction = (torch.sin((1 - w) * omega) * ua + torch.sin(w * omega) * ub) / torch.sin(omega)
+    return direction * ((1 - w) * na + w * nb)
+
+
+# ---------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------
+
+
+def _show(x: torch.Tensor) -> Image.Image:
+    """A preview row of at most PREVIEW_COLUMNS pictures."""
+    keep = np.unique(np.linspace(0, len(x) - 1, min(PREVIEW_COLUMNS, len(x))).round().astype(int))
+    return _row(x[torch.from_numpy(keep)])
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _prior_stage(req, parts, prompts: list[str], gen, stage_count: int, t0: float, should_stop, out: dict):
+    """Sample req.candidates embeddings per prompt; keep the one closest to its text. Yields Steps;
+    leaves the chosen (len(prompts), D) embeddings and their scores in out."""
+    K, N = req.candidates, len(prompts)
+    device = parts.device
+    with torch.no_grad():
+        cond = parts.prompt_cond([p for p in prompts for _ in range(K)])              # (N K, ...)
+        null = parts.prompt_cond([""] * (N * K))
+    dtype = next(parts.prior.parameters()).dtype
+    scheduler = make_scheduler(req.prior_sampler, parts.prior.scheduler_config)
+    scheduler.set_timesteps(req.prior_steps, device=device)
+    x = torch.randn((N * K, *parts.prior.sample_shape), generator=gen).to(device, dtype) * scheduler.init_noise_sigma
+    done, x0 = 0, x
+    for s in denoise(parts.prior, scheduler, x, cond.to(dtype), null.to(dtype), req.prior_guidance, gen):
+        x, x0, done = s.x_next, s.x0_pred, s.i + 1
+        captions = ()
+        if req.preview_every and (s.i % req.preview_every == 0 or done == req.prior_steps):
+            near = nearest_captions(parts, parts.to_embedding(x0[:1]))[0]
+            captions = tuple(f"{c} ({sim:.2f})" for c, sim in near)
+        yield Step(ENGINE, "prior", done, req.prior_steps, 0, stage_count, t=float(s.t), captions=captions,
+                   elapsed_s=time.perf_counter() - t0)
+        if should_stop():
+            raise _Stopped
+    # keep, per prompt, the candidate closest to its text
+    with torch.no_grad():
+        emb = parts.to_embedding(x).view(N, K, -1)
+        text = parts.text_embedding(prompts).to(emb.device)                              # (N, D)
+        sims = (F.normalize(emb.float(), dim=-1) * text[:, None]).sum(-1)                  # (N, K)
+        pick = sims.argmax(1)
+    out["emb"] = emb[torch.arange(N), pick]
+    out["prior"] = [{"candidate": int(p), "similarity": [round(float(v), 4) for v in row],
+                     "nearest": [c for c, _ in near]}
+                    for p, row, near in zip(pick, sims, nearest_captions(parts, out["emb"]))]
+
+
+def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noise: torch.Tensor, gen,
+                   stage_index: int, stage_count: int, t0: float, should_stop, out: dict):
+    """Paint pictures from unit-norm embeddings (B, D), starting from noise (B, ...). Yields Steps;
+    leaves the pictures in [-1, 1] and how far it got in out."""
+    dec = parts.decoder
+    device, dtype = noise.device, noise.dtype
+    scheduler = make_scheduler(req.sampler, dec.scheduler_config)
+    scheduler.set_timesteps(req.steps, device=device)
+    B = len(emb)
+    with torch.no_grad():
+        cond, null = parts.decoder_cond(emb.to(device), prompts), parts.decoder_null(B)
+    x = noise * scheduler.init_noise_sigma
+    x0, done = x, 0
+    for s in denoise(dec, scheduler, x, cond.to(dtype), null.to(dtype), req.guidance, gen):
+        x, x0, done = s.x_next, s.x0_pred, s.i + 1
+        previews = {}
+        if req.preview_every and (s.i % req.preview_every == 0 or done == req.steps):
+            with torch.no_grad():
+                both = parts.preview(torch.cat([s.x_t, s.x0_pred]))
+            previews = {"x_t": _show(both[:B]), "x0_pred": _show(both[B:])}
+        yield Step(ENGINE, "decoder", done, req.steps, stage_index, stage_count, t=float(s.t), previews=previews,
+                   elapsed_s=time.perf_counter() - t0)
+        if should_stop():
+            break
+    out["done"] = done
+    with torch.no_grad():
+        out["x"] = parts.decode(x0 if done < req.steps else x)
+
+
+# ---------------------------------------------------------------------------
+# The run over given models
+# ---------------------------------------------------------------------------
+
+
+def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_stop,
+           info: dict | None = None) -> Iterator[Step | Final]:
+    t0 = time.perf_counter()
+    req = validate(req)
+    # one generator per stage, so the decoder's noise is the same whether or not the prior ran first
+    gen = torch.Generator().manual_seed(req.seed)
+    prior_gen = torch.Generator().manual_seed((req.seed + 1) % 2**63)
+    state: dict = {}
+    dtype = next(parts.decoder.parameters()).dtype
+    meta = {"engine": ENGINE, "app_version": __version__, **(info or {}), "settings": _settings(req),
+            "mode": req.mode, "device": str(device)}
+    prior_used = False
+    try:
+        # 1. the embeddings to paint
+        if req.mode == "text":
+            prior_used = True
+            yield from _prior_stage(req, parts, [req.prompt] * req.batch, prior_gen, 2, t0, should_stop, state)
+            emb = state["emb"]
+            meta["prior"] = state["prior"]
+        elif req.mode == "variations":
+            with torch.no_grad():
+                emb = parts.image_embedding([req.image]).repeat(req.batch, 1)
+        else:
+            ends = [_end(req, "a"), _end(req, "b")]
+            texts = [v for k, v in ends if k == "text"]
+            by_text = {}
+            if texts:
+                prior_used = True
+                yield from _prior_stage(req, parts, texts, prior_gen, 2, t0, should_stop, state)
+                by_text = dict(zip(texts, state["emb"]))
+                meta["prior"] = state["prior"]
+            with torch.no_grad():
+                e = [by_text[v] if k == "text" else parts.image_embedding([v])[0] for k, v in ends]
+                if float(F.cosine_similarity(e[0], e[1], dim=0)) > 0.9999:
+                    raise ValueError("The two ends of the interpolation have the same embedding: there is "
+                                     "nothing to blend. Give two different prompts or images.")
+                emb = slerp(e[0], e[1], torch.linspace(0, 1, req.frames))
+        # 2. the decoder, from one noise per picture (one shared noise for all interpolation frames)
+        n_noise = 1 if req.mode == "interpolate" else len(emb)
+        noise = torch.randn((n_noise, *parts.decoder.sample_shape), generator=gen).to(device, dtype)
+        noise = noise.expand(len(emb), *noise.shape[1:]).contiguous()
+        prompts = [req.prompt] * len(emb) if req.mode == "text" else None
+        yield from _decoder_stage(req, parts, emb, prompts, noise, gen, int(prior_used), 1 + int(prior_used), t0,
+                                  should_stop, state)
+    except _Stopped:
+        meta.update(stopped_in="prior", steps_done=0, steps_total=req.steps, stopped=True,
+                    seconds=round(time.perf_counter() - t0, 3))
+        yield Final(ENGINE, [], meta, stopped=True)
+        return
+    stopped = state["done"] < req.steps
+    meta.update(steps_done=state["done"], steps_total=req.steps, stopped=stopped,
+                seconds=round(time.perf_counter() - t0, 3))
+    if stopped:
+        meta["stopped_in"] = "decoder"
+    if req.mode == "variations":  # how close CLIP finds each variation to its source
+        with torch.no_grad():
+            out_emb = F.normalize(parts.image_embedding([media.to_pil(x) for x in state["x"].float().cpu()]).float(), dim=-1)
+        src = F.normalize(emb[0].float(), dim=-1).to(out_emb.device)
+        meta["similarity_to_source"] = [round(float(v), 4) for v in out_emb @ src]
+    yield Final(ENGINE, [media.to_pil(img) for img in state["x"].float().cpu()], meta, stopped=stopped)
+
+
+def interpolation_strip(images: list[Image.Image], max_columns: int = 16, gap: int = 2) -> Image.Image | None:
+    """The frames side by side (up to max_columns, evenly spaced, both ends included)."""
+    if not images:
+        return None
+    keep = sorted(set(np.linspace(0, len(images) - 1, min(max_columns, len(images))).round().astype(int)))
+    w, h = images[0].size
+    strip = Image.new("RGB", (len(keep) * (w + gap) - gap, h), (255, 255, 255))
+    for col, k in enumerate(keep):
+        strip.paste(images[k], (col * (w + gap), 0))
+    return strip
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    from tqdm import tqdm
+
+    from pipelines.registry import ModelUnavailable, Registry
+
+    d = UnCLIPRequest()
+    p = argparse.ArgumentParser(prog="python -m pipelines.unclip", description="unCLIP from the command line.")
+    p.add_argument("prompt", nargs="?", default="", help="what to draw (text to image; the first end with --to)")
+    p.add_argument("--vary", metavar="IMAGE", help="make --batch variations of this picture")
+    p.add_argument("--to", metavar="PROMPT", help="interpolate from the prompt (or --from-image) to this prompt")
+    p.add_argument("--from-image", help="the first interpolation end as a picture")
+    p.add_argument("--to-image", help="the second interpolation end as a picture")
+    p.add_argument("--frames", type=int, default=d.frames)
+    p.add_argument("--preset", default=d.preset)
+    for name in ("prior-sampler", "prior-steps", "prior-guidance", "candidates", "sampler", "steps", "guidance",
+                 "preview-every"):
+        kind = str if "sampler" in name else (float if "guidance" in name else int)
+        p.add_argument(f"--{name}", type=kind, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--out", default="outputs/unclip.png", help="PNG path; strip and video go beside it")
+    p.add_argument("--video", action="store_true", help="an H.264 mp4: the decoder's x_t | x0_pred, or the interpolation")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        defaults = dict(load_preset(a.preset).defaults.get(ENGINE, {}))
+
+        def pick(key):
+            value = getattr(a, key)
+            return value if value is not None else defaults.get(key, getattr(d, key))
+
+        mode = "variations" if a.vary else ("interpolate" if (a.to or a.to_image) else "text")
+        load = lambda path, name: media.load_image(path, name=name) if path else None  # noqa: E731
+        req = UnCLIPRequest(
+            mode=mode, prompt=a.prompt, preset=a.preset, seed=a.seed, batch=a.batch, frames=a.frames,
+            image=load(a.vary, "image to vary") if a.vary else load(a.from_image, "first image"),
+            prompt_b=a.to or "", image_b=load(a.to_image, "second image"),
+            **{k: pick(k) for k in ("prior_sampler", "prior_steps", "prior_guidance", "candidates", "sampler",
+                                    "steps", "guidance", "preview_every")})
+        registry = Registry(device=a.device)
+        stop = {"now": False}
+        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
+        stem = str(a.out).rsplit(".", 1)[0]
+        frames, bar, stage = [], None, None
+        for ev in run(req, registry, lambda: stop["now"]):
+            if isinstance(ev, Step):
+                if ev.stage != stage:
+                    if bar:
+                        bar.close()
+                    bar, stage = tqdm(total=ev.total, unit="step", desc=ev.stage), ev.stage
+                bar.update(ev.step - bar.n)
+                if ev.captions:
+                    bar.set_postfix_str(ev.captions[0])
+                if "x_t" in ev.previews:
+                    frames.append((ev.previews["x_t"], ev.previews["x0_pred"]))
+                continue
+            if bar:
+                bar.close()
+            for item in ev.meta.get("prior", []):
+                print(f"prior kept candidate {item['candidate']}: nearest captions {item['nearest']}")
+            paths = []
+            if mode == "interpolate":
+                strip = interpolation_strip(ev.images)
+                if strip is not None:
+                    paths += media.save_png(media.enlarge(strip, 128), a.out, ev.meta)
+                if a.video and ev.images:
+                    paths.append(media.write_video(ev.images, stem + ".mp4", fps=a.fps))
+            else:
+                for k, img in enumerate(ev.images):
+                    path = a.out if len(ev.images) == 1 else f"{stem}_{k}.png"
+                    paths += media.save_png(img, path, {**ev.meta, "batch_index": k}, enlarged_min_side=256)
+                strip = trajectory_strip(frames)
+                if strip is not None:
+                    paths += media.save_png(media.enlarge(strip, 256), stem + "_strip.png", ev.meta)
+                if a.video and frames:
+                    paths.append(media.write_video([side_by_side(*f) for f in frames], stem + ".mp4", fps=a.fps))
+            if ev.stopped and not ev.images:
+                print("stopped during the prior: no picture yet")
+            print("\n".join(str(x) for x in paths if x))
+    except (ValueError, ModelUnavailable) as e:  # bad input, missing weights, no network: one clear line
+        print(f"error: {e}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,279 @@
+"""The unCLIP engine: prior and decoder files, the two stages, candidate choice, variations, interpolation,
+Stop, bad input, PNG settings, the registry's loaders (Karlo's diffusers layout on a tiny stand-in), the
+command line and the training command."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines import media, shapes
+from pipelines import unclip as engine
+from pipelines.events import Final, Step, generate
+from pipelines.models import unclip as um
+from pipelines.presets import PRESETS_DIR, ComponentSpec
+from pipelines.registry import ModelUnavailable, Registry
+
+WEIGHTS = PRESETS_DIR / "weights"
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return Registry(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(registry):
+    """Tiny random prior and decoder over the built-in VQGAN and CLIP (fast, untrained)."""
+    preset = engine.load_preset("shapes")
+    vqgan, clip = registry.get(preset.components["vqgan"]), registry.get(preset.components["clip"])
+    torch.manual_seed(0)
+    prior = um.DiffusionPrior(um.PriorConfig(n_layer=1, n_embd=32, n_head=2)).eval()
+    decoder = um.UnCLIPDecoder(um.DecoderConfig(block_out_channels=(32, 32), n_head=2)).eval()
+    return engine.UnCLIPParts(prior, decoder, vqgan, clip)
+
+
+def _req(**kw):
+    return engine.UnCLIPRequest(**{"prompt": "a red circle", "prior_steps": 3, "steps": 3, "preview_every": 1, **kw})
+
+
+def _circle(seed=0) -> Image.Image:
+    return shapes.render(shapes.parse_caption("a large red circle on a blue background"), 32, seed)
+
+
+# -- the model file -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("part", ["prior", "decoder"])
+def test_builtin_weights_are_small_and_carry_their_record(part):
+    folder = WEIGHTS / f"shapes-unclip-{part}"
+    assert (folder / "model.safetensors").stat().st_size < 10 * 2**20
+    assert json.loads((folder / "config.json").read_text())["unclip"] == part
+    rec = json.loads((folder / "train.json").read_text())
+    assert f"pipelines.train.unclip {part}" in rec["command"] and "seed" in rec
+    assert "purple star" in rec["held_out_excluded"]
+
+
+def test_prior_and_decoder_round_trip_and_refuse_the_wrong_kind(tmp_path, tiny):
+    um.save_pretrained(tiny.prior, tmp_path / "p")
+    um.save_pretrained(tiny.decoder, tmp_path / "d")
+    prior, decoder = um.from_pretrained(tmp_path / "p", "prior"), um.from_pretrained(tmp_path / "d", "decoder")
+    cond = torch.randn(2, tiny.prior.config.cond_len, 128)
+    x, t = torch.randn(2, 128), torch.tensor([0, 999])
+    with torch.no_grad():
+        assert torch.allclose(tiny.prior(x, t, cond), prior(x, t, cond), atol=2e-2)  # float16 on disk
+        z, e = torch.randn(2, 16, 8, 8), torch.randn(2, 128)
+        assert torch.allclose(tiny.decoder(z, t, e), decoder(z, t, e), atol=2e-2)
+    with pytest.raises(ValueError, match="no unCLIP prior"):
+        um.from_pretrained(tmp_path / "d", "prior")
+
+
+def test_prior_reads_the_text_and_is_causal(tiny):
+    cond = tiny.prompt_cond(["a red circle", "a blue star"])
+    assert cond.shape == (2, 32 + 1, 128)  # token states + the text embedding folded to the same width
+    x, t = torch.randn(2, 128), torch.tensor([500, 500])
+    with torch.no_grad():
+        out = tiny.prior(x, t, cond)
+        assert not torch.allclose(out[0], out[1])  # the caption matters
+        # causal: the query reads everything before it, so changing x_t changes the output
+        assert not torch.allclose(out, tiny.prior(x + 1, t, cond))
+
+
+# -- the engine -----------------------------------------------------------------------------------
+
+
+def test_text_to_image_runs_both_stages_with_previews_and_keeps_the_closest_candidate(tiny):
+    events = list(engine.sample(_req(candidates=3, batch=2), tiny, CPU))
+    steps = [e for e in events if isinstance(e, Step)]
+    prior = [e for e in steps if e.stage == "prior"]
+    decoder = [e for e in steps if e.stage == "decoder"]
+    assert [e.step for e in prior] == [1, 2, 3] and [e.step for e in decoder] == [1, 2, 3]
+    assert {(e.stage_index, e.stage_count) for e in prior} == {(0, 2)}
+    assert {(e.stage_index, e.stage_count) for e in decoder} == {(1, 2)}
+    assert all(len(e.captions) == 3 for e in prior)  # the prior's estimate by its nearest captions
+    assert all(set(e.previews) == {"x_t", "x0_pred"} and e.previews["x_t"].size == (64, 32) for e in decoder)
+    final = events[-1]
+    assert isinstance(final, Final) and len(final.images) == 2 and final.images[0].size == (32, 32)
+    for item in final.meta["prior"]:  # the kept candidate is the one most similar to the text
+        assert item["candidate"] == int(np.argmax(item["similarity"])) and len(item["similarity"]) == 3
+    again = generate(engine.sample(_req(candidates=3, batch=2), tiny, CPU))
+    other = generate(engine.sample(_req(candidates=3, batch=2, seed=1), tiny, CPU))
+    assert np.array_equal(np.asarray(final.images[0]), np.asarray(again.images[0]))
+    assert not np.array_equal(np.asarray(final.images[0]), np.asarray(other.images[0]))
+
+
+def test_variations_paint_n_pictures_from_one_embedding(tiny):
+    final = generate(engine.sample(_req(mode="variations", image=_circle(), batch=4), tiny, CPU))
+    assert len(final.images) == 4 and len(final.meta["similarity_to_source"]) == 4
+    assert len({np.asarray(im).tobytes() for im in final.images}) > 1  # different noise, different pictures
+    assert "prior" not in final.meta
+
+
+def test_slerp_keeps_unit_norm_and_hits_both_ends():
+    a, b = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
+    path = engine.slerp(a, b, torch.linspace(0, 1, 5))
+    assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    assert torch.allclose(path.norm(dim=-1), torch.ones(5), atol=1e-5)
+    angles = torch.arccos((path[:-1] * path[1:]).sum(-1).clamp(-1, 1))
+    assert torch.allclose(angles, angles[0].expand(4), atol=1e-4)  # equal steps along the great circle
+
+
+def test_interpolation_shares_one_noise_and_its_ends_are_the_ends(tiny):
+    img = _circle()
+    final = generate(engine.sample(_req(mode="interpolate", image=img, prompt_b="a blue star", frames=5), tiny, CPU))
+    assert len(final.images) == 5 and len(final.meta["prior"]) == 1  # only the prompt end went through the prior
+    # the first frame is the variation of the picture from the same noise
+    alone = generate(engine.sample(_req(mode="interpolate", image=img, image_b=_circle(1), frames=2), tiny, CPU))
+    assert np.array_equal(np.asarray(final.images[0]), np.asarray(alone.images[0]))
+    strip = engine.interpolation_strip(final.images)
+    assert strip.size == (5 * 32 + 4 * 2, 32)
+
+
+def test_stop_in_the_decoder_keeps_the_clean_estimate_and_in_the_prior_paints_nothing(tiny):
+    calls = {"n": 0}
+
+    def stop_after(k):
+        def check():
+            calls["n"] += 1
+            return calls["n"] >= k
+        return check
+
+    final = generate(engine.sample(_req(steps=10, prior_steps=2), tiny, CPU, stop_after(3)))
+    assert final.stopped and final.meta["steps_done"] == 1 and final.meta["stopped_in"] == "decoder"
+    assert len(final.images) == 1
+    calls["n"] = 0
+    final = generate(engine.sample(_req(prior_steps=10), tiny, CPU, stop_after(1)))
+    assert final.stopped and final.images == [] and final.meta["stopped_in"] == "prior"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mode": "interpolate", "prompt_b": "a red circle"}, "same"),
+    ({"mode": "interpolate", "image": Image.new("RGB", (32, 32), "red"),
+      "image_b": Image.new("RGB", (32, 32), "red")}, "same"),
+    ({"mode": "interpolate", "prompt_b": "a blue star", "frames": 0}, "Frames must be a whole number from 2 to 64"),
+    ({"mode": "interpolate", "prompt_b": "a blue star", "frames": 10_000}, "from 2 to 64"),
+    ({"mode": "interpolate", "prompt_b": " "}, "second end"),
+    ({"mode": "variations"}, "Variations need a picture"),
+    ({"mode": "variations", "image": Image.new("RGB", (200, 20))}, "crop it closer"),
+    ({"steps": 0}, "Decoder steps must be"),
+    ({"prior_guidance": -1}, "Prior guidance must be"),
+    ({"candidates": 17}, "Prior samples must be"),
+    ({"batch": 1.5}, "Batch size must be a whole number"),
+    ({"sampler": "Euler"}, "Unknown decoder sampler"),
+    ({"mode": "paint"}, "Unknown mode"),
+])
+def test_bad_input_is_one_clear_message_before_any_model_loads(change, message):
+    spy = Registry(device="cpu", loaders={})  # no loaders: loading anything would fail differently
+    with pytest.raises(ValueError, match=message):
+        generate(engine.run(_req(**change), spy))
+
+
+def test_an_unreadable_image_to_vary_is_refused_by_the_loader(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(media.ImageInputError, match="(?i)image to vary"):
+        media.load_image(bad, name="image to vary")
+    assert engine.main(["--vary", str(bad)]) == 2
+
+
+def test_png_metadata_rebuilds_the_request(tiny, tmp_path):
+    final = generate(engine.sample(_req(mode="interpolate", prompt_b="a blue star", frames=3, seed=7), tiny, CPU))
+    path = media.save_png(final.images[0], tmp_path / "x.png", final.meta)[0]
+    req = engine.request_from_settings(media.read_meta(path)["settings"])
+    assert req == engine.validate(_req(mode="interpolate", prompt_b="a blue star", frames=3, seed=7))
+
+
+def test_nearest_captions_find_the_caption_itself(tiny):
+    emb = tiny.text_embedding(["a large red circle on the left", "a small blue star above a green cross"])
+    near = engine.nearest_captions(tiny, emb, k=1)
+    assert near[0][0][0] == "a large red circle on the left" and near[0][0][1] > 0.99
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+
+def test_builtin_pair_loads_through_the_registry_and_runs(registry):
+    final = generate(engine.run(_req(batch=2, candidates=2, steps=4), registry))
+    assert len(final.images) == 2 and final.meta["models"]["unclip_prior"]["key"].endswith("shapes-unclip-prior")
+
+
+def test_a_folder_of_the_wrong_kind_is_one_clear_message(tmp_path, tiny):
+    um.save_pretrained(tiny.prior, tmp_path / "p")
+    reg = Registry(device="cpu", weights_dir=tmp_path)
+    with pytest.raises(ModelUnavailable, match="no unCLIP decoder"):
+        reg.get(ComponentSpec("unclip_decoder", "builtin", "p"))
+
+
+@pytest.fixture(scope="module")
+def karlo_folder(tmp_path_factory):
+    from pipelines.models.karlo import save_tiny_standin
+
+    return save_tiny_standin(tmp_path_factory.mktemp("karlo") / "karlo-tiny")
+
+
+def test_karlo_layout_loads_through_the_registry_and_runs_every_mode(karlo_folder):
+    index = json.loads((karlo_folder / "model_index.json").read_text())
+    assert index["_class_name"] == "UnCLIPPipeline"
+    assert {"prior", "decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "tokenizer",
+            "prior_scheduler", "decoder_scheduler", "super_res_scheduler"} <= set(index)
+    reg = Registry(device="cpu")
+    karlo = reg.get(ComponentSpec("karlo", "path", str(karlo_folder)))
+    text = generate(engine.sample(_req(batch=2, candidates=2, steps=2, prior_steps=2), karlo, CPU))
+    assert len(text.images) == 2 and text.images[0].size == (32, 32)  # after super-resolution
+    vary = generate(engine.sample(_req(mode="variations", image=_circle(), batch=2, steps=2), karlo, CPU))
+    assert len(vary.images) == 2
+    events = list(engine.sample(_req(mode="interpolate", image=_circle(), prompt_b="a blue star", frames=3,
+                                     steps=2, prior_steps=2), karlo, CPU))
+    assert len(events[-1].images) == 3
+    assert events[-2].previews["x_t"].size == (3 * 16, 16)  # previews: the decoder's 16 px sample
+
+
+def test_karlo_preset_offline_is_one_sentence(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    reg = Registry(device="cpu", allow_network=False)
+    with pytest.raises(ModelUnavailable, match="karlo-v1-alpha"):
+        generate(engine.run(engine.UnCLIPRequest(prompt="a cat", preset="karlo"), reg))
+
+
+# -- command line and training --------------------------------------------------------------------
+
+
+def test_cli_text_variations_and_interpolation(tmp_path, capsys):
+    out = tmp_path / "o" / "pic.png"
+    assert engine.main(["a red circle", "--steps", "3", "--prior-steps", "3", "--batch", "2", "--video",
+                        "--out", str(out)]) == 0
+    assert (tmp_path / "o" / "pic_0.png").exists() and (tmp_path / "o" / "pic.mp4").exists()
+    assert media.read_meta(tmp_path / "o" / "pic_0.png")["engine"] == "unclip"
+    src = tmp_path / "src.png"
+    _circle().save(src)
+    assert engine.main(["--vary", str(src), "--batch", "2", "--steps", "2", "--out", str(tmp_path / "v.png")]) == 0
+    assert (tmp_path / "v_1.png").exists()
+    assert engine.main(["a red circle", "--to", "a blue star", "--frames", "3", "--steps", "2", "--prior-steps", "2",
+                        "--video", "--out", str(tmp_path / "b.png")]) == 0
+    assert Image.open(tmp_path / "b.png").height >= 128 and (tmp_path / "b.mp4").exists()
+    assert engine.main(["a red circle", "--to", "a red circle"]) == 2
+    assert "same" in capsys.readouterr().out
+
+
+def test_training_commands_train_resume_and_export(tmp_path):
+    from pipelines.models.unclip import from_pretrained
+    from pipelines.train import unclip as train
+
+    for part, extra in (("prior", ["--width", "32", "--layers", "1", "--heads", "2", "--eval-scenes", "8"]),
+                        ("decoder", ["--channels", "32,32", "--stat-images", "16", "--cache", "16",
+                                     "--grid-steps", "2"])):
+        out, run = tmp_path / part, tmp_path / f"run_{part}"
+        args = [part, "--out", str(out), "--run-dir", str(run), "--batch", "4", "--log-every", "1",
+                "--sample-every", "100", "--ckpt-every", "1", *extra]
+        train.main(args + ["--steps", "1"])
+        train.main(args + ["--steps", "2", "--resume"])
+        logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()
+                  if "loss" in line]
+        assert logged == [1, 2]  # the resumed run continued at step 2
+        rec = json.loads((out / "train.json").read_text())
+        assert f"pipelines.train.unclip {part}" in rec["command"] and rec["seed"] == 0
+        assert from_pretrained(out, part) is not None
