@@ -18,8 +18,12 @@ from ui.common import CSS  # noqa: E402
 registry = Registry()
 demo = build_demo(registry)
 
+# Every launch uses these (tests too): uploads capped, no share link, files served only from
+# Gradio's own cache, and a clear message for any error, malformed API calls included.
+LAUNCH = dict(css=CSS, footer_links=["api", "gradio"], share=False, max_file_size="20mb", allowed_paths=[],
+              show_error=True, ssr_mode=False if not ON_SPACES else None)
+
 if __name__ == "__main__":
     import gradio as gr
 
-    demo.launch(css=CSS, theme=gr.themes.Default(), footer_links=["api", "gradio"], share=False,
-                max_file_size="20mb", allowed_paths=[], ssr_mode=False if not ON_SPACES else None)
+    demo.launch(theme=gr.themes.Default(), **LAUNCH)

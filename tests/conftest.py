@@ -18,3 +18,27 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ.get("ATELIER_THREADS", "1")))
 
 FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served_app():
+    """The real app (app.py's `demo`, launched with app.py's own settings) on a free local port."""
+    import app
+
+    app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                    **app.LAUNCH)
+    try:
+        yield app
+    finally:
+        app.demo.close()

@@ -6,7 +6,6 @@ user's), each model is loaded once, resident models stay within the registry's
 budget, and a waiting user sees their place in the queue. A new engine joins
 with one row in ENGINES.
 """
-import socket
 import threading
 import time
 
@@ -36,21 +35,9 @@ ENGINES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    import app
-
-    app.demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield app, tmp_path_factory.mktemp("dl")
-    finally:
-        app.demo.close()
+def served(served_app, tmp_path_factory):
+    return served_app, tmp_path_factory.mktemp("dl")
 
 
 def _count_loads(registry):

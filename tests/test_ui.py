@@ -1,5 +1,4 @@
 """The app through its own client API, over a real socket: what a browser user does, minus the browser."""
-import socket
 import time
 
 import pytest
@@ -8,22 +7,11 @@ from PIL import Image
 from pipelines import media
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    import app
+def client(served_app, tmp_path_factory):
     from gradio_client import Client
 
-    app.demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(app.demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dl")))
-    finally:
-        app.demo.close()
+    return Client(served_app.demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dl")))
 
 
 def args(prompt="a red circle:1 | on a blue background:0.5", preset="shapes", width=32, iterations=6, seed=0):
