@@ -112,3 +112,19 @@ def test_inline_runs_are_driven_by_their_follower_and_end_with_it():
     assert next(follower) == ("img1", "step 1")
     follower.close()                                # the page went away
     assert run.done and not store.engine_lock.locked()
+
+
+def test_output_dir_deletes_files_older_than_the_keep_period(monkeypatch, tmp_path):
+    import os
+
+    from ui import common
+
+    monkeypatch.setenv("ATELIER_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setenv("ATELIER_OUTPUT_KEEP_HOURS", "1")
+    old, new = tmp_path / "old.png", tmp_path / "new.png"
+    old.write_bytes(b"x")
+    new.write_bytes(b"y")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    monkeypatch.setattr(common, "_last_prune", [0.0])
+    assert common.output_dir() == tmp_path
+    assert not old.exists() and new.exists()

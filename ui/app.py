@@ -14,7 +14,7 @@ from ui.runs import RunStore
 def build_demo(registry) -> gr.Blocks:
     runs = RunControl()   # per-session stop flags (tabs not yet on the RunStore)
     store = RunStore(detached=not ON_SPACES)
-    with gr.Blocks(title="Atelier", delete_cache=(3600, 6 * 3600)) as demo:
+    with gr.Blocks(title="Atelier", delete_cache=(1800, 3600)) as demo:
         stored_id, store.client = client_id_components()
         gr.Markdown(f"# Atelier\nText to image in the browser · v{__version__}")
         with gr.Tabs():

@@ -24,11 +24,37 @@ CSS = """
 """
 
 
+_last_prune = [0.0]
+
+
 def output_dir() -> Path:
-    """Where finished PNGs and videos go (served by Gradio from its temp dir)."""
+    """Where finished PNGs and videos go (Gradio serves copies from its own cache).
+
+    Files older than ``ATELIER_OUTPUT_KEEP_HOURS`` (default 1, the age at which Gradio
+    drops its copies) are deleted, at most once a minute, so a long-lived server's disk
+    does not fill up.
+    """
     d = Path(os.environ.get("ATELIER_OUTPUT_DIR", Path(tempfile.gettempdir()) / "atelier"))
     d.mkdir(parents=True, exist_ok=True)
+    keep_s = float(os.environ.get("ATELIER_OUTPUT_KEEP_HOURS", "1")) * 3600
+    now = time.time()
+    if now - _last_prune[0] >= min(60.0, keep_s):
+        _last_prune[0] = now
+        prune(d, keep_s)
     return d
+
+
+def prune(folder: Path, keep_s: float) -> int:
+    """Delete files in ``folder`` last modified more than ``keep_s`` seconds ago; returns how many."""
+    n, cutoff = 0, time.time() - keep_s
+    for f in folder.iterdir():
+        try:
+            if f.is_file() and f.stat().st_mtime < cutoff:
+                f.unlink()
+                n += 1
+        except OSError:     # removed meanwhile, or not ours to remove
+            pass
+    return n
 
 
 class RunControl:
