@@ -208,6 +208,8 @@ def save_pretrained(model: LatentDiffusion, directory: str | Path) -> None:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    model.config.latent_mean = tuple(model.latent_mean.flatten().tolist())  # the statistics in use
+    model.config.latent_std = tuple(model.latent_std.flatten().tolist())
     (directory / "config.json").write_text(json.dumps(asdict(model.config), indent=2))
     save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()},
               str(directory / "model.safetensors"))
