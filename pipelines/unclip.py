@@ -164,7 +164,10 @@ class UnCLIPParts:
     Embeddings may carry a norm (Karlo's do); similarities and interpolation use their directions.
     """
     def __init__(self, prior, decoder, vqgan, clip):
-        self.prior, self.decoder, self.vqgan, self.clip = prior, decoder, vqgan, clip
+        from pipelines.models.unclip import sampling_denoiser
+
+        # the decoder as the samplers run it (its clean estimate clamped to the latents' range)
+        self.prior, self.decoder, self.vqgan, self.clip = prior, sampling_denoiser(decoder), vqgan, clip
 
     @property
     def image_size(self) -> int:

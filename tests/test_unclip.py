@@ -58,16 +58,33 @@ def test_builtin_weights_are_small_and_carry_their_record(part):
 
 def test_prior_and_decoder_round_trip_and_refuse_the_wrong_kind(tmp_path, tiny):
     um.save_pretrained(tiny.prior, tmp_path / "p")
-    um.save_pretrained(tiny.decoder, tmp_path / "d")
+    um.save_pretrained(tiny.decoder.model, tmp_path / "d")  # parts hold it wrapped for sampling
     prior, decoder = um.from_pretrained(tmp_path / "p", "prior"), um.from_pretrained(tmp_path / "d", "decoder")
     cond = torch.randn(2, tiny.prior.config.cond_len, 128)
     x, t = torch.randn(2, 128), torch.tensor([0, 999])
     with torch.no_grad():
         assert torch.allclose(tiny.prior(x, t, cond), prior(x, t, cond), atol=2e-2)  # float16 on disk
         z, e = torch.randn(2, 16, 8, 8), torch.randn(2, 128)
-        assert torch.allclose(tiny.decoder(z, t, e), decoder(z, t, e), atol=2e-2)
+        assert torch.allclose(tiny.decoder.model(z, t, e), decoder(z, t, e), atol=2e-2)
     with pytest.raises(ValueError, match="no unCLIP prior"):
         um.from_pretrained(tmp_path / "d", "prior")
+
+
+def test_sampling_clamps_the_decoders_clean_estimate(tiny):
+    from pipelines.diffusion_sampling import make_scheduler, predict_x0
+
+    wrapped, raw = tiny.decoder, tiny.decoder.model
+    assert isinstance(wrapped, um.ClampedDenoiser) and wrapped.limit == 3.0
+    sched = make_scheduler("DDPM", raw.scheduler_config)
+    z, e = torch.randn(4, 16, 8, 8), torch.randn(4, 128)
+    with torch.no_grad():
+        for t in (999, 500, 10):
+            tt = torch.full((4,), t)
+            x0 = predict_x0(sched, wrapped(z, tt, e), z, t)
+            x0_raw = predict_x0(sched, raw(z, tt, e), z, t)
+            assert x0.abs().max() <= 3.0 + 1e-3
+            inside = x0_raw.abs() < 3.0
+            assert torch.allclose(x0[inside], x0_raw[inside], atol=1e-3)  # in-range estimates are untouched
 
 
 def test_prior_reads_the_text_and_is_causal(tiny):

@@ -38,7 +38,7 @@ from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
 from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
-                                     image_embedding, save_pretrained)
+                                     image_embedding, sampling_denoiser, save_pretrained)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
 from pipelines.train.diffusion import SIZE, ema_update, latent_stats, to_x
@@ -73,7 +73,7 @@ def sample_decoder(decoder, vqgan, image_emb: torch.Tensor, seed: int, steps: in
     scheduler = make_scheduler("DPM-Solver++", decoder.scheduler_config)
     scheduler.set_timesteps(steps)
     z = torch.randn((len(image_emb), *decoder.sample_shape), generator=gen)
-    for s in denoise(decoder, scheduler, z, image_emb, torch.zeros_like(image_emb), guidance, gen):
+    for s in denoise(sampling_denoiser(decoder), scheduler, z, image_emb, torch.zeros_like(image_emb), guidance, gen):
         z = s.x_next
     x = vqgan.decode(vqgan.quantize(decoder.denormalize(z))[0])
     return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
