@@ -85,9 +85,9 @@ def evaluate(model: DALLE, vqgan, scenes: int = 512) -> dict:
         losses = []
         for b in range(max(1, scenes // batch)):
             rng = np.random.default_rng([EVAL_SEED, b, held])
-            images, scenes = make_batch(batch, rng, exclude=frozenset() if held else shapes.HELD_OUT,
-                                        held_out_only=held)
-            text, _ = model.text([partial_caption(s, rng) for s in scenes])
+            images, drawn = make_batch(batch, rng, exclude=frozenset() if held else shapes.HELD_OUT,
+                                       held_out_only=held)
+            text, _ = model.text([partial_caption(s, rng) for s in drawn])
             losses.append(model.loss(text, encode(vqgan, images)).item())
         out[name] = round(float(np.mean(losses)), 4)
     return out
