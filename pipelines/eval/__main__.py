@@ -4,6 +4,7 @@ Examples:
   python -m pipelines.eval tokenizer --preset shapes --per-category 100 --samples 4
   python -m pipelines.eval vqgan_clip --preset shapes --set iterations=100
   python -m pipelines.eval judge --n 1000
+  python -m pipelines.eval table          # the README's table, from reports/eval/*/results.json
 """
 from __future__ import annotations
 
@@ -64,10 +65,27 @@ def _judge_main(a) -> int:
     return 0
 
 
+def table(folder: Path = REPORTS) -> str:
+    """A Markdown table of every saved report: correct per category, R-precision, Frechet, speed, command."""
+    rows = ["| engine | preset | one object | two objects | held-out pairs | attributes | CLIP R-precision "
+            "| Frechet (CLIP) | s/image | images | command |", "|---" * 11 + "|"]
+    order = {"reference": 0, "tokenizer": 1}
+    results = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*/results.json"))]
+    for r in sorted(results, key=lambda r: (order.get(r["engine"], 2), r["engine"], r["preset"])):
+        c = r["categories"]
+        pct = lambda x: f"{100 * x:.1f} %"  # noqa: E731
+        rows.append(f"| {r['engine']} | {r['preset']} | {pct(c['one object']['correct'])} | "
+                    f"{pct(c['two objects']['correct'])} | {pct(c['held-out pairs']['correct'])} | "
+                    f"{pct(r['all']['attribute_accuracy'])} | {pct(r['all']['clip_r_precision'])} | "
+                    f"{r['frechet_distance_clip']:.4f} | {r['seconds_per_image']:.2f} | {r['all']['images']} | "
+                    f"`{r['command'] or ''}` |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("engine", choices=sorted(ENGINES) + ["judge"])
+    p.add_argument("engine", choices=sorted(ENGINES) + ["judge", "table"])
     p.add_argument("--preset", default="shapes")
     p.add_argument("--per-category", type=int, default=10, help="captions per category (of 100)")
     p.add_argument("--samples", type=int, default=2, help="images per caption")
@@ -84,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     if a.engine == "judge":
         return _judge_main(a)
+    if a.engine == "table":
+        print(table())
+        return 0
 
     from tqdm import tqdm
 

@@ -40,6 +40,7 @@ class Sample:
     correct: bool
     accuracy: float
     failed: list[str]
+    checks: tuple = ()
 
 
 @dataclass
@@ -88,7 +89,7 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
             for im in images:
                 v = judge(im.convert("RGB"), entry["caption"])
                 out.append(Sample(category, entry["caption"], entry["seed"], im.convert("RGB"), v.correct,
-                                  v.accuracy, v.failed))
+                                  v.accuracy, v.failed, v.checks))
             done += samples
             if progress:
                 progress(done, total)
@@ -116,6 +117,10 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
     by_cat = {c: [i for i, s in enumerate(out) if s.category == c] for c in evalset.CATEGORIES}
     per_caption = [gen_f[i:i + samples] for i in range(0, len(out), samples)]
     ref_caption = [ref_f[i:i + samples] for i in range(0, len(out), samples)]
+    kinds: dict[str, list[bool]] = {}
+    for smp in out:
+        for name, ok in smp.checks:
+            kinds.setdefault(name.removeprefix("object 1 ").removeprefix("object 2 "), []).append(ok)
     results = {
         "engine": engine,
         "preset": preset,
@@ -124,6 +129,7 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
         "samples_per_caption": samples,
         "categories": {c: numbers(idx) for c, idx in by_cat.items()},
         "all": numbers(list(range(len(out)))),
+        "attribute_holds": {k: float(np.mean(v)) for k, v in sorted(kinds.items())},
         "frechet_distance_clip": metrics.frechet_distance(gen_f, ref_f),
         "frechet_distance_clip_real_vs_real": metrics.frechet_distance(floor_f, ref_f),
         "diversity": metrics.diversity(per_caption),
@@ -192,6 +198,9 @@ def markdown(results: dict, grids: dict[str, str]) -> str:
     for name, c in [*r["categories"].items(), ("all", r["all"])]:
         lines.append(f"| {name} | {c['images']} | {_pct(c['correct'])} | {_pct(c['attribute_accuracy'])} | "
                      f"{_pct(c['clip_r_precision'])} |")
+    if "attribute_holds" in r:
+        lines += ["", "How often each kind of stated attribute holds: " +
+                  ", ".join(f"{k} {_pct(v)}" for k, v in r["attribute_holds"].items()) + "."]
     lines += ["",
               f"- Frechet distance on CLIP image features to real renders of the same captions: "
               f"**{r['frechet_distance_clip']:.4f}** (real against real at this size: {r['frechet_distance_clip_real_vs_real']:.4f})",
@@ -203,6 +212,9 @@ def markdown(results: dict, grids: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+GRID_CAPTIONS = 24   # captions shown per category grid (the numbers use every one)
+
+
 def write_report(ev: Evaluation, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,8 +222,9 @@ def write_report(ev: Evaluation, out_dir: Path) -> Path:
     grids = {}
     for category in evalset.CATEGORIES:
         name = "grid-" + category.replace(" ", "-") + ".png"
-        grid([s for s in ev.samples if s.category == category], per_row).save(out_dir / name)
-        grids[category] = name
+        shown = [s for s in ev.samples if s.category == category][:GRID_CAPTIONS * per_row]
+        grid(shown, per_row).save(out_dir / name)
+        grids[f"{category} (first {len(shown) // per_row} captions)"] = name
     (out_dir / "results.json").write_text(json.dumps(ev.results, indent=1) + "\n")
     (out_dir / "report.md").write_text(markdown(ev.results, grids))
     return out_dir / "report.md"
