@@ -1,0 +1,74 @@
+"""How faithful unCLIP's variations are: the judge checks each variation against its source's caption.
+
+    .venv/bin/python bench/unclip_variations.py --per-category 10 --variations 4
+
+For the first --per-category captions of each evaluation-set category (`pipelines/eval/
+captions.json`), the reference renderer draws the source picture at the caption's seed,
+the engine makes --variations variations of it (preset defaults, decoder only), and
+`pipelines.eval.judge` says whether the source caption is true of each variation. The
+source pictures are judged too: a source the judge already rejects says nothing about the
+decoder. Prints the share per category and overall, and writes a JSON report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="shapes")
+    p.add_argument("--per-category", type=int, default=10)
+    p.add_argument("--variations", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="reports/eval/unclip-variations.json")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from pipelines import shapes
+    from pipelines.eval import evalset
+    from pipelines.eval.judge import judge
+    from pipelines.events import generate
+    from pipelines.presets import load_preset
+    from pipelines.registry import Registry
+    from pipelines.unclip import ENGINE, UnCLIPRequest, run
+
+    torch.set_num_threads(a.threads)
+    registry = Registry()
+    settings = {**load_preset(a.preset).defaults.get(ENGINE, {}), "preview_every": 0}
+    t0 = time.time()
+    report = {"preset": a.preset, "variations_per_source": a.variations, "settings": settings, "categories": {}}
+    total = [0, 0]
+    for category, items in evalset.load().items():
+        rows, good = [], 0
+        for item in items[:a.per_category]:
+            source = shapes.render(shapes.parse_caption(item["caption"]), 32, item["seed"])
+            req = UnCLIPRequest(mode="variations", image=source, preset=a.preset, seed=item["seed"],
+                                batch=a.variations, **settings)
+            images = generate(run(req, registry)).images
+            verdicts = [judge(im, item["caption"]).correct for im in images]
+            good += sum(verdicts)
+            rows.append({"caption": item["caption"], "source_correct": judge(source, item["caption"]).correct,
+                         "variations_correct": verdicts})
+        n = len(rows) * a.variations
+        report["categories"][category] = {"correct": round(good / n, 4), "n": n, "items": rows}
+        total[0] += good
+        total[1] += n
+        print(f"{category}: {good}/{n} variations keep the source caption true ({100 * good / n:.1f} %)")
+    report["overall"] = round(total[0] / total[1], 4)
+    report["seconds"] = round(time.time() - t0, 1)
+    print(f"overall: {100 * report['overall']:.1f} % of {total[1]} variations ({report['seconds']} s)")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
