@@ -47,21 +47,25 @@ def main(argv=None) -> int:
     report = {"preset": a.preset, "variations_per_source": a.variations, "settings": settings, "categories": {}}
     total = [0, 0]
     for category, items in evalset.load().items():
-        rows, good = [], 0
+        rows, good, attrs = [], 0, []
         for item in items[:a.per_category]:
             source = shapes.render(shapes.parse_caption(item["caption"]), 32, item["seed"])
             req = UnCLIPRequest(mode="variations", image=source, preset=a.preset, seed=item["seed"],
                                 batch=a.variations, **settings)
             images = generate(run(req, registry)).images
-            verdicts = [judge(im, item["caption"]).correct for im in images]
+            judged = [judge(im, item["caption"]) for im in images]
+            verdicts = [v.correct for v in judged]
+            attrs += [sum(ok for _, ok in v.checks) / len(v.checks) for v in judged]
             good += sum(verdicts)
             rows.append({"caption": item["caption"], "source_correct": judge(source, item["caption"]).correct,
                          "variations_correct": verdicts})
         n = len(rows) * a.variations
-        report["categories"][category] = {"correct": round(good / n, 4), "n": n, "items": rows}
+        report["categories"][category] = {"correct": round(good / n, 4), "attributes": round(sum(attrs) / n, 4),
+                                          "n": n, "items": rows}
         total[0] += good
         total[1] += n
-        print(f"{category}: {good}/{n} variations keep the source caption true ({100 * good / n:.1f} %)")
+        print(f"{category}: {good}/{n} variations keep the source caption true ({100 * good / n:.1f} %); "
+              f"{100 * sum(attrs) / n:.1f} % of its attributes")
     report["overall"] = round(total[0] / total[1], 4)
     report["seconds"] = round(time.time() - t0, 1)
     print(f"overall: {100 * report['overall']:.1f} % of {total[1]} variations ({report['seconds']} s)")
