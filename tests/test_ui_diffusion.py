@@ -24,7 +24,7 @@ def _image(item):
 
 def test_endpoints(client):
     names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/diffusion", "/diffusion_stop", "/diffusion_load"} <= set(names)
+    assert {"/diffusion", "/diffusion_stop", "/diffusion_load", "/diffusion_resume"} <= set(names)
 
 
 def test_run_streams_x_t_and_x0_and_ends_with_pictures_strip_and_video(client):
@@ -133,3 +133,22 @@ def test_unconditional_hub_model_runs_in_the_same_tab(client, tmp_path, monkeypa
     outs = list(client.submit(*args(preset="ddpm-cifar10", steps=3, sampler="DDIM"), api_name="/diffusion"))
     assert outs[-1][2].startswith("**Done**") and outs[-1][7]["conditional"] is False
     assert Image.open(_image(outs[-1][3][0])).size == (256, 256)
+
+
+def test_a_reloaded_page_follows_its_run(client, tmp_path):
+    from gradio_client import Client
+
+    browser = "d1ff0510aaaabbbb"
+    job = client.submit(*args(steps=1000, preview_every=1), browser, api_name="/diffusion")
+    t0 = time.time()
+    while len(job.outputs()) < 2 and time.time() - t0 < 60:
+        time.sleep(0.05)
+    job.cancel()                        # the page is reloaded: the run goes on
+    page = Client(client.src, verbose=False, download_files=str(tmp_path))
+    resumed = page.submit(browser, api_name="/diffusion_resume")
+    while len(resumed.outputs()) < 2 and time.time() - t0 < 90:
+        time.sleep(0.05)
+    assert resumed.outputs()[0][0] and resumed.outputs()[0][2].startswith("**Step")
+    page.predict(browser, api_name="/diffusion_stop")
+    final = resumed.result(timeout=60)
+    assert final[2].startswith("**Stopped**") and final[7]["steps_done"] > 1

@@ -7,12 +7,11 @@ from pipelines import __version__
 from ui import models as models_panel
 from ui import dalle, diffusion, unclip, vqgan_clip
 from pipelines.zerogpu import ON_SPACES
-from ui.common import RunControl, client_id_components, init_client_id
+from ui.common import client_id_components, init_client_id
 from ui.runs import RunStore
 
 
 def build_demo(registry) -> gr.Blocks:
-    runs = RunControl()   # per-session stop flags (tabs not yet on the RunStore)
     store = RunStore(detached=not ON_SPACES)
     with gr.Blocks(title="Atelier", delete_cache=(1800, 3600)) as demo:
         stored_id, store.client = client_id_components()
@@ -21,7 +20,7 @@ def build_demo(registry) -> gr.Blocks:
             with gr.Tab("VQGAN+CLIP", id="vqgan_clip"):
                 vqgan_clip.build(registry, store)
             with gr.Tab("Diffusion", id="diffusion"):
-                diffusion.build(registry, runs)
+                diffusion.build(registry, store)
             with gr.Tab("DALL-E", id="dalle"):
                 dalle.build(registry, store)
             with gr.Tab("unCLIP", id="unclip"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,30 +54,6 @@ def prune(folder: Path, keep_s: float) -> int:
         except OSError:     # removed meanwhile, or not ours to remove
             pass
     return n
-
-
-class RunControl:
-    """One stop flag per browser session, so Stop ends only that user's run and keeps its result."""
-
-    def __init__(self):
-        self._flags: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str) -> threading.Event:
-        with self._lock:
-            flag = self._flags[session] = threading.Event()
-        return flag
-
-    def stop(self, session: str) -> None:
-        with self._lock:
-            flag = self._flags.get(session)
-        if flag is not None:
-            flag.set()
-
-    def finish(self, session: str, flag: threading.Event) -> None:
-        with self._lock:
-            if self._flags.get(session) is flag:
-                del self._flags[session]
 
 
 def session_of(request: gr.Request | None) -> str:

@@ -8,8 +8,10 @@ from pipelines import media
 from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.zerogpu import gpu
-from ui.common import RunControl, Throttle, USER_ERRORS, output_dir, session_of, user_error
+from ui.common import USER_ERRORS, Throttle, loading_note, output_dir, owner_of, resumable, user_error
+from ui.runs import RunStore
 
+TAB = "diffusion"
 EXAMPLE = "a small green square to the left of a large purple cross"
 EXAMPLES = [[EXAMPLE], ["a red circle"], ["a large blue star at the top on a white background"],
             ["a yellow diamond above a black circle on a blue background"], ["a purple star"]]
@@ -59,7 +61,7 @@ def _status(ev) -> str:
     return f"**Step {ev.step}/{ev.total}**{t} · {rate:.1f} steps/s · {ev.elapsed_s:.1f} s"
 
 
-def build(registry, runs: RunControl) -> None:
+def build(registry, runs: RunStore) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
     presets = _presets()
     first = presets[0] if presets else None
@@ -120,15 +122,18 @@ def build(registry, runs: RunControl) -> None:
 
     inputs = [preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength, preview_every]
 
-    def generate(preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength,
-                 preview_every, fps_value, request: gr.Request):
-        session = session_of(request)
-        flag = runs.start(session)
+    outputs = [x_t, x0, status, final, strip, video, files, settings]
+    waiting = (gr.skip(), gr.skip(), "Waiting for another user's run to finish...", *[gr.skip()] * 5)
+
+    def updates(args, fps_value, should_stop):
+        """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py)."""
         writer = None
         try:
-            req = _request(preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength,
-                           preview_every)
-            events = _events(req, registry, flag.is_set)
+            req = _request(*args)
+            note = loading_note(registry, load_preset(req.preset), ("diffusion", "vqgan", "clip"))
+            if note:
+                yield (gr.skip(), gr.skip(), note, *[gr.skip()] * 5)
+            events = _events(req, registry, should_stop)
             ev = next(events)  # validation and model loading happen here: errors surface before any output
             out = output_dir()
             stem = req.prompt or "diffusion"
@@ -167,12 +172,19 @@ def build(registry, runs: RunControl) -> None:
         except USER_ERRORS as e:
             raise user_error(e) from None
         finally:
-            if writer is not None:  # closed page or error: drop the unfinished video
+            if writer is not None:  # error or server shutdown: drop the unfinished video
                 writer.abort()
-            runs.finish(session, flag)
 
-    def stop(request: gr.Request):
-        runs.stop(session_of(request))
+    def generate(preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength,
+                 preview_every, fps_value, client_id, request: gr.Request):
+        args = (preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength,
+                preview_every)
+        run = runs.launch(owner_of(client_id, request), TAB, len(outputs),
+                          lambda should_stop: updates(args, fps_value, should_stop), waiting)
+        yield from run.follow()
+
+    def stop(client_id, request: gr.Request):
+        runs.stop(owner_of(client_id, request), TAB)
 
     def load_settings(file):
         """Read the settings embedded in a PNG back into the widgets."""
@@ -203,9 +215,10 @@ def build(registry, runs: RunControl) -> None:
         return values + [guide, gr.update(interactive=cond), gr.update(interactive=cond),
                          "" if cond else UNCONDITIONAL_NOTE]
 
-    gen_event = run_btn.click(generate, inputs + [fps], [x_t, x0, status, final, strip, video, files, settings],
+    gen_event = run_btn.click(generate, inputs + [fps, runs.client], outputs,
                               api_name="diffusion", concurrency_limit=1, concurrency_id="engines")
-    stop_btn.click(stop, None, None, api_name="diffusion_stop", queue=False)
+    stop_btn.click(stop, [runs.client], None, api_name="diffusion_stop", queue=False)
+    resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file], [*[{"preset": preset, "prompt": prompt, "negative_prompt": negative,
                                                      "sampler": sampler, "steps": steps, "guidance": guidance,
                                                      "eta": eta, "seed": seed, "batch": batch, "strength": strength,
