@@ -59,11 +59,21 @@ class TabSpec:
     previews: tuple[str, ...] = ("preview",)  # image outputs that stream previews
     final: str = "final"                     # where the finished picture appears (an Image or a Gallery)
     running: str = "Iteration"               # a word the status shows while the run goes
+    accordion: str | None = None             # an accordion to open before filling the number fields
 
 
 TABS = [
     TabSpec("VQGAN+CLIP", "vqc", "a red circle on a blue background",
             quick={"iters": "12", "preview_every": "2"}, long={"iters": "3000", "preview_every": "2"}),
+    TabSpec("Diffusion", "dif", "a small green square to the left of a large purple cross",
+            quick={"steps": "8", "preview_every": "1"}, long={"steps": "1000", "preview_every": "1"},
+            previews=("xt", "x0"), running="Step"),
+    TabSpec("DALL-E", "dal", "a large yellow diamond above a small blue circle",
+            quick={"candidates": "2"}, long={"candidates": "64"}, running="Code"),
+    TabSpec("unCLIP", "unc", "a red circle above a blue square",
+            quick={"prior_steps": "4", "steps": "8", "preview_every": "1"},
+            long={"prior_steps": "4", "steps": "1000", "preview_every": "1"},
+            previews=("xt", "x0"), running="step", accordion="Prior and decoder settings"),
 ]
 
 
@@ -129,6 +139,8 @@ def _open(page, tab: TabSpec) -> None:
 
 def _fill(page, tab: TabSpec, values: dict[str, str]) -> None:
     page.locator(f"#{tab.p}_prompt textarea").fill(tab.prompt)
+    if tab.accordion and page.locator(f"#{tab.p}_{next(iter(values))} input").count() == 0:
+        page.get_by_role("button", name=tab.accordion).first.click()
     for key, value in values.items():
         box = page.locator(f"#{tab.p}_{key} input").first
         box.fill(value)

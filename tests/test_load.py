@@ -28,10 +28,20 @@ def dalle(prompt, seed):
     return ["shapes", prompt, 2, 1.0, 1024, 1.0, 1.0, seed, True, None, 4, 4]
 
 
-# api name -> (args for a short run, index of the settings JSON in the outputs)
+def diffusion(prompt, seed):
+    return ["shapes", prompt, "", "DPM-Solver++", 4, 3.0, 0.0, seed, 1, None, 0.75, 1, 10]
+
+
+def unclip(prompt, seed):
+    return ["shapes", prompt, 2, 1, "DDIM", 4, 2.0, "DPM-Solver++", 4, 3.0, seed, 1, 8]
+
+
+# api name -> (args for a short run, index of the settings JSON in the outputs, of the files list)
 ENGINES = {
-    "vqgan_clip": (vqgan_clip, 5),
-    "dalle": (dalle, 5),
+    "vqgan_clip": (vqgan_clip, 5, 4),
+    "dalle": (dalle, 5, 4),
+    "diffusion": (diffusion, 7, 6),
+    "unclip": (unclip, 8, 7),
 }
 
 
@@ -78,7 +88,7 @@ def test_eight_users_at_once(served):
             names = list(ENGINES)
             for k in range(RUNS_EACH):
                 api = names[(i + k) % len(names)]
-                make, settings_at = ENGINES[api]
+                make, settings_at, files_at = ENGINES[api]
                 prompt, seed = PROMPTS[i], 1000 * i + k
                 job = client.submit(*make(prompt, seed), api_name=f"/{api}")
                 while not job.done():
@@ -87,7 +97,7 @@ def test_eight_users_at_once(served):
                         ranks.append((st.rank, st.queue_size))
                     time.sleep(0.05)
                 final = job.result()
-                results.append((i, api, prompt, seed, final[settings_at], final))
+                results.append((i, api, prompt, seed, final[settings_at], final[files_at]))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append((i, repr(e)))
 
@@ -105,10 +115,10 @@ def test_eight_users_at_once(served):
     assert not errors, errors
     assert len(results) == N_CLIENTS * RUNS_EACH
     assert {api for _, api, *_ in results} == set(ENGINES)
-    for i, api, prompt, seed, meta, final in results:
+    for i, api, prompt, seed, meta, files in results:
         assert meta["engine"] == api and meta["settings"]["prompt"] == prompt and meta["settings"]["seed"] == seed, \
             (i, api, meta["settings"])
-        pngs = [f for f in final[4] if f.endswith(".png")]
+        pngs = [f for f in files if f.endswith(".png")]
         assert media.read_meta(pngs[0])["settings"]["prompt"] == prompt     # the files are this user's too
     assert loads and all(n == 1 for n in loads.values()), loads             # no model loaded twice
     assert resident_peak[0] <= registry.budget_bytes
