@@ -37,7 +37,10 @@ CALLS = {
     "vqgan_clip": lambda i: ["shapes", f"a red circle {i % 7}", i, 32, 32, 4, 2, None, "", None, 0, "", "", 0.1,
                              "Adam", 4, 1.0, "latest", ["Af", "Pe"], 0, 10],
     "dalle": lambda i: ["shapes", "a blue square", 2, 1.0, 1024, 1.0, 1.0, i, True, None, 4, 4],
+    "diffusion": lambda i: ["shapes", "a green star", "", "DPM-Solver++", 4, 3.0, 0.0, i, 1, None, 0.75, 1, 10],
+    "unclip": lambda i: ["shapes", "a white cross", 2, 1, "DDIM", 4, 2.0, "DPM-Solver++", 4, 3.0, i, 1, 8],
 }
+STATUS_AT = {"vqgan_clip": 1, "dalle": 1, "diffusion": 2, "unclip": 0}
 
 
 def main(argv=None) -> int:
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
     for i in range(a.runs):
         api = names[i % len(names)]
         res = client.predict(*CALLS[api](i), api_name=f"/{api}")
-        assert str(res[1]).startswith("**Done**"), res[1]
+        assert str(res[STATUS_AT[api]]).startswith("**Done**"), res[STATUS_AT[api]]
         if i + 1 == a.warmup:
             gc.collect()
             rss_warm = rss_mb()

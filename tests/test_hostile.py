@@ -25,10 +25,24 @@ def dalle():
     return ["shapes", "a red circle", 1, 1.0, 1024, 1.0, 1.0, 0, False, None, 4, 4]
 
 
-# api name -> (a quick valid call, indexes of its file inputs, whether the file input takes a list)
+def diffusion():
+    return ["shapes", "a red circle", "", "DPM-Solver++", 2, 3.0, 0.0, 0, 1, None, 0.75, 1, 10]
+
+
+def unclip():
+    return ["shapes", "a red circle", 1, 1, "DDIM", 2, 2.0, "DPM-Solver++", 2, 3.0, 0, 1, 8]
+
+
+def unclip_variations():
+    return ["shapes", None, 1, "DDIM", 2, 2.0, "DPM-Solver++", 2, 3.0, 0, 1, 8]
+
+
+# api name -> (a quick valid call, its file inputs: index -> takes a list, index of the status line)
 ENGINES = {
-    "vqgan_clip": (vqgan_clip, {7: True, 9: False}),
-    "dalle": (dalle, {9: False}),
+    "vqgan_clip": (vqgan_clip, {7: True, 9: False}, 1),
+    "dalle": (dalle, {9: False}, 1),
+    "diffusion": (diffusion, {9: False}, 2),
+    "unclip": (unclip, {}, 0),
 }
 
 
@@ -39,7 +53,7 @@ def client(served_app, tmp_path_factory):
     return Client(served_app.demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dl")))
 
 
-def _outcome(client, api: str, args: list) -> str:
+def _outcome(client, api: str, args: list, status_at: int = 1) -> str:
     """'error: <message>' or the final status line of a run (stopped after 6 s if it goes on)."""
     from gradio_client.exceptions import AppError
 
@@ -49,8 +63,8 @@ def _outcome(client, api: str, args: list) -> str:
         while not job.done() and time.time() - t0 < 6:
             time.sleep(0.05)
         if not job.done():
-            client.predict(api_name=f"/{api}_stop")
-        return "ran: " + str(job.result(timeout=120)[1])
+            client.predict(api_name=f"/{api.split('_')[0] if api.startswith('unclip') else api}_stop")
+        return "ran: " + str(job.result(timeout=120)[status_at])
     except AppError as e:
         return f"error: {e}"
 
@@ -63,7 +77,7 @@ def _clear(outcome: str) -> bool:
 
 @pytest.mark.parametrize("api", list(ENGINES))
 def test_every_input_with_hostile_values(client, api):
-    make, files = ENGINES[api]
+    make, files, status_at = ENGINES[api]
     bad = []
     n_inputs = len(make())
     for i in range(n_inputs):
@@ -72,11 +86,11 @@ def test_every_input_with_hostile_values(client, api):
                 continue   # file inputs get their own hostile files below
             args = make()
             args[i] = value
-            out = _outcome(client, api, args)
+            out = _outcome(client, api, args, status_at)
             if not _clear(out):
                 bad.append((i, repr(value)[:20], out[:200]))
     assert not bad, bad
-    assert _outcome(client, api, make()).startswith("ran: **Done**")     # the server lives
+    assert _outcome(client, api, make(), status_at).startswith("ran: **Done**")     # the server lives
 
 
 def _hostile_files(d: Path) -> dict[str, Path]:
@@ -99,17 +113,17 @@ def _hostile_files(d: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("api", list(ENGINES))
+@pytest.mark.parametrize("api", [a for a in ENGINES if ENGINES[a][1]] + ["unclip_variations"])
 def test_hostile_image_files(client, api, tmp_path):
     from gradio_client import handle_file
 
-    make, files = ENGINES[api]
+    make, files, status_at = ENGINES[api] if api in ENGINES else (unclip_variations, {1: False}, 0)
     bad = []
     for name, path in _hostile_files(tmp_path).items():
         for i, is_list in files.items():
             args = make()
             args[i] = [handle_file(str(path))] if is_list else handle_file(str(path))
-            out = _outcome(client, api, args)
+            out = _outcome(client, api, args, status_at)
             if not _clear(out):
                 bad.append((name, i, out[:200]))
     assert not bad, bad
