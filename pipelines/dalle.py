@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -33,6 +32,7 @@ from PIL import Image
 from pipelines import __version__, media
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
+from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,6 @@ class DalleRequest:
 
     def replace(self, **kw) -> "DalleRequest":
         return dataclasses.replace(self, **kw)
-
-
-def _number(name: str, value, lo: float, hi: float, integer: bool = False, lo_open: bool = False) -> float:
-    """A finite number in [lo, hi] ((lo, hi] when lo_open), or a ValueError naming the allowed range."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}.") from None
-    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v > hi or (integer and v != int(v)):
-        kind = "a whole number" if integer else "a number"
-        lower = f"above {lo:g} and at most" if lo_open else f"from {lo:g} to"
-        raise ValueError(f"{name} must be {kind} {lower} {hi:g} (got {value!r}).")
-    return int(v) if integer else v
 
 
 def validate(req: DalleRequest, model) -> tuple[DalleRequest, torch.Tensor, list[str]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -38,6 +37,7 @@ from pipelines import __version__, media
 from pipelines.diffusion_sampling import ETA_SAMPLERS, SAMPLERS, denoise, make_scheduler
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
+from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,6 @@ class DiffusionRequest:
 
     def replace(self, **kw) -> "DiffusionRequest":
         return dataclasses.replace(self, **kw)
-
-
-def _number(name: str, value, lo: float, hi: float, integer: bool = False) -> float:
-    """A finite number in [lo, hi], or a ValueError naming the allowed range."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if not math.isfinite(v) or v < lo or v > hi or (integer and v != int(v)):
-        kind = "a whole number" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g} (got {value!r})")
-    return int(v) if integer else v
 
 
 def validate(req: DiffusionRequest) -> DiffusionRequest:

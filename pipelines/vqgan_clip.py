@@ -39,6 +39,7 @@ from pipelines import __version__, media
 from pipelines import prompts as P
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
+from pipelines.validation import number as _number
 from pipelines.vqgan_clip_ops import (AUGMENT_CODES, CUT_METHODS, MakeCutouts, PromptLoss, clamp_with_grad,
                                       codebook_bounds, init_z_from_tokens, random_init_tokens, vector_quantize)
 
@@ -83,18 +84,6 @@ class VQGANCLIPRequest:
 
     def replace(self, **kw) -> "VQGANCLIPRequest":
         return dataclasses.replace(self, **kw)
-
-
-def _number(name: str, value, lo: float, hi: float, integer: bool = False) -> float:
-    """A finite number in [lo, hi], or a ValueError naming the allowed range."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if not math.isfinite(v) or v < lo or v > hi or (integer and v != int(v)):
-        kind = "a whole number" if integer else "a number"
-        raise ValueError(f"{name} must be {kind} from {lo:g} to {hi:g} (got {value!r})")
-    return int(v) if integer else v
 
 
 def validate(req: VQGANCLIPRequest, factor: int) -> tuple[VQGANCLIPRequest, list[list[P.WeightedPrompt]], list[str]]:
