@@ -84,6 +84,26 @@ def init_client_id(client_id: str | None) -> tuple[str, str]:
     return cid, cid
 
 
+WAITING = "Waiting for another user's run to finish..."
+
+
+def follow_new_run(runs, tab: str, outputs: list, status, make, client_id, request):
+    """Start ``make(should_stop)`` as this browser's run in ``tab`` and follow it (see ui/runs.py).
+
+    While another user's run holds the engine, ``status`` says so.
+    """
+    waiting = tuple(WAITING if o is status else gr.skip() for o in outputs)
+    run = runs.launch(owner_of(client_id, request), tab, len(outputs), make, waiting)
+    yield from run.follow()
+
+
+def stop_handler(runs, tab: str):
+    """The Stop button's handler: ends this browser's run in ``tab``, keeping what it made."""
+    def stop(client_id, request: gr.Request):
+        runs.stop(owner_of(client_id, request), tab)
+    return stop
+
+
 def resumable(runs, tab: str, outputs: list, client: gr.BrowserState) -> None:
     """On page load, show the browser's run in this tab again (going: live; finished: its result).
 

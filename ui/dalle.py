@@ -9,7 +9,7 @@ from pipelines import media
 from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.zerogpu import gpu
-from ui.common import USER_ERRORS, Throttle, output_dir, owner_of, resumable, user_error
+from ui.common import (USER_ERRORS, follow_new_run, output_dir, resumable, stop_handler, Throttle, user_error)
 from ui.runs import RunStore
 
 TAB = "dalle"
@@ -117,7 +117,6 @@ def build(registry, runs: RunStore) -> None:
 
     inputs = [preset, prompt, candidates, temperature, top_k, top_p, guidance, seed, rerank, init_image, keep_rows]
     outputs = [preview, status, final, video, files, settings]
-    waiting = (gr.skip(), "Waiting for another user's run to finish...", *[gr.skip()] * 4)
 
     def updates(args, fps_value, should_stop):
         """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py)."""
@@ -168,12 +167,8 @@ def build(registry, runs: RunStore) -> None:
     def generate(preset, prompt, candidates, temperature, top_k, top_p, guidance, seed, rerank, init_image,
                  keep_rows, fps_value, client_id, request: gr.Request):
         args = (preset, prompt, candidates, temperature, top_k, top_p, guidance, seed, rerank, init_image, keep_rows)
-        run = runs.launch(owner_of(client_id, request), TAB, len(outputs),
-                          lambda should_stop: updates(args, fps_value, should_stop), waiting)
-        yield from run.follow()
-
-    def stop(client_id, request: gr.Request):
-        runs.stop(owner_of(client_id, request), TAB)
+        yield from follow_new_run(runs, TAB, outputs, status, lambda should_stop: updates(args, fps_value, should_stop),
+                                  client_id, request)
 
     def load_settings(file):
         """Read the settings embedded in a PNG back into the widgets."""
@@ -202,7 +197,7 @@ def build(registry, runs: RunStore) -> None:
 
     gen_event = run_btn.click(generate, inputs + [fps, runs.client], outputs,
                               api_name="dalle", concurrency_limit=1, concurrency_id="engines")
-    stop_btn.click(stop, [runs.client], None, api_name="dalle_stop", queue=False)
+    stop_btn.click(stop_handler(runs, TAB), [runs.client], None, api_name="dalle_stop", queue=False)
     resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file],
                      [preset, prompt, candidates, temperature, top_k, top_p, guidance, seed, rerank, keep_rows,

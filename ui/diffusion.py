@@ -8,7 +8,8 @@ from pipelines import media
 from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.zerogpu import gpu
-from ui.common import USER_ERRORS, Throttle, loading_note, output_dir, owner_of, resumable, user_error
+from ui.common import (USER_ERRORS, follow_new_run, loading_note, output_dir, resumable, stop_handler, Throttle,
+                       user_error)
 from ui.runs import RunStore
 
 TAB = "diffusion"
@@ -123,7 +124,6 @@ def build(registry, runs: RunStore) -> None:
     inputs = [preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength, preview_every]
 
     outputs = [x_t, x0, status, final, strip, video, files, settings]
-    waiting = (gr.skip(), gr.skip(), "Waiting for another user's run to finish...", *[gr.skip()] * 5)
 
     def updates(args, fps_value, should_stop):
         """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py)."""
@@ -179,12 +179,8 @@ def build(registry, runs: RunStore) -> None:
                  preview_every, fps_value, client_id, request: gr.Request):
         args = (preset, prompt, negative, sampler, steps, guidance, eta, seed, batch, init_image, strength,
                 preview_every)
-        run = runs.launch(owner_of(client_id, request), TAB, len(outputs),
-                          lambda should_stop: updates(args, fps_value, should_stop), waiting)
-        yield from run.follow()
-
-    def stop(client_id, request: gr.Request):
-        runs.stop(owner_of(client_id, request), TAB)
+        yield from follow_new_run(runs, TAB, outputs, status, lambda should_stop: updates(args, fps_value, should_stop),
+                                  client_id, request)
 
     def load_settings(file):
         """Read the settings embedded in a PNG back into the widgets."""
@@ -217,7 +213,7 @@ def build(registry, runs: RunStore) -> None:
 
     gen_event = run_btn.click(generate, inputs + [fps, runs.client], outputs,
                               api_name="diffusion", concurrency_limit=1, concurrency_id="engines")
-    stop_btn.click(stop, [runs.client], None, api_name="diffusion_stop", queue=False)
+    stop_btn.click(stop_handler(runs, TAB), [runs.client], None, api_name="diffusion_stop", queue=False)
     resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file], [*[{"preset": preset, "prompt": prompt, "negative_prompt": negative,
                                                      "sampler": sampler, "steps": steps, "guidance": guidance,

@@ -8,7 +8,7 @@ from pipelines import unclip as engine
 from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.zerogpu import gpu
-from ui.common import USER_ERRORS, Throttle, output_dir, owner_of, resumable, user_error
+from ui.common import (USER_ERRORS, follow_new_run, output_dir, resumable, stop_handler, Throttle, user_error)
 from ui.runs import RunStore
 
 TAB = "unclip"
@@ -152,7 +152,6 @@ def build(registry, runs: RunStore) -> None:
 
     shared_inputs = [prior_sampler, prior_steps, prior_guidance, sampler, steps, guidance, seed, preview_every]
     outputs = [status, prior_md, x_t, x0, final, strip, video, files, settings]
-    waiting = ("Waiting for another user's run to finish...", *[gr.skip()] * 8)
 
     def updates(make_request, fps_value, should_stop):
         """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py)."""
@@ -214,9 +213,8 @@ def build(registry, runs: RunStore) -> None:
                 writer.abort()
 
     def launch(make_request, fps_value, client_id, request):
-        run = runs.launch(owner_of(client_id, request), TAB, len(outputs),
-                          lambda should_stop: updates(make_request, fps_value, should_stop), waiting)
-        yield from run.follow()
+        yield from follow_new_run(runs, TAB, outputs, status, lambda should_stop: updates(make_request, fps_value, should_stop),
+                                  client_id, request)
 
     def generate(preset, prompt, candidates, batch, prior_sampler, prior_steps, prior_guidance, sampler, steps,
                  guidance, seed, preview_every, fps_value, client_id, request: gr.Request):
@@ -239,9 +237,6 @@ def build(registry, runs: RunStore) -> None:
             mode="interpolate", preset=preset, prompt=prompt_a or "", image=_upload(image_a, "first picture"),
             prompt_b=prompt_b or "", image_b=_upload(image_b, "second picture"), frames=n_frames, **shared),
             fps_value, client_id, request)
-
-    def stop(client_id, request: gr.Request):
-        runs.stop(owner_of(client_id, request), TAB)
 
     def load_settings(file):
         """Read the settings embedded in a PNG back into the widgets."""
@@ -275,7 +270,7 @@ def build(registry, runs: RunStore) -> None:
                    api_name="unclip_variations", concurrency_limit=1, concurrency_id="engines")
     blend_btn.click(blend, [preset, prompt_a, image_a, prompt_b, image_b, frames, *shared_inputs, *extra], outputs,
                     api_name="unclip_interpolate", concurrency_limit=1, concurrency_id="engines")
-    stop_btn.click(stop, [runs.client], None, api_name="unclip_stop", queue=False)
+    stop_btn.click(stop_handler(runs, TAB), [runs.client], None, api_name="unclip_stop", queue=False)
     resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file],
                      [preset, prompt, prompt_a, prompt_b, batch, candidates, frames, *shared_inputs, load_note],

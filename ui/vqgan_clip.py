@@ -10,8 +10,8 @@ from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
 from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
 from pipelines.zerogpu import gpu
-from ui.common import (USER_ERRORS, Throttle, loading_note, output_dir, owner_of, progress_text, resumable,
-                       user_error)
+from ui.common import (USER_ERRORS, follow_new_run, loading_note, output_dir, progress_text, resumable,
+                       stop_handler, Throttle, user_error)
 from ui.runs import RunStore
 
 TAB = "vqgan_clip"
@@ -136,7 +136,6 @@ def build(registry, runs: RunStore) -> None:
               change_every]
 
     outputs = [preview, status, final, video, files, settings]
-    waiting = (gr.skip(), "Waiting for another user's run to finish...", gr.skip(), gr.skip(), gr.skip(), gr.skip())
 
     def updates(args, fps_value, should_stop):
         """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py)."""
@@ -189,12 +188,8 @@ def build(registry, runs: RunStore) -> None:
         args = (preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
                 init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
                 change_every)
-        run = runs.launch(owner_of(client_id, request), TAB, len(outputs),
-                          lambda should_stop: updates(args, fps_value, should_stop), waiting)
-        yield from run.follow()
-
-    def stop(client_id, request: gr.Request):
-        runs.stop(owner_of(client_id, request), TAB)
+        yield from follow_new_run(runs, TAB, outputs, status, lambda should_stop: updates(args, fps_value, should_stop),
+                                  client_id, request)
 
     def load_settings(file):
         """Read the settings embedded in a PNG back into the widgets."""
@@ -224,7 +219,7 @@ def build(registry, runs: RunStore) -> None:
 
     gen_event = run_btn.click(generate, inputs + [fps, runs.client], outputs,
                               api_name="vqgan_clip", concurrency_limit=1, concurrency_id="engines")
-    stop_btn.click(stop, [runs.client], None, api_name="vqgan_clip_stop", queue=False)
+    stop_btn.click(stop_handler(runs, TAB), [runs.client], None, api_name="vqgan_clip_stop", queue=False)
     resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file],
                      [preset, prompt, seed, width, height, iterations, preview_every, init_weight, lr, optimiser,
