@@ -196,10 +196,13 @@ class UnCLIPParts:
         return self.clip                      # the caption pool's embeddings depend on the CLIP only
 
     def decoder_cond(self, emb: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        return F.normalize(emb.float(), dim=-1)   # the built-in decoder reads the embedding alone
+        from pipelines.models.unclip import decoder_cond
+        # the embedding's direction, plus (decoders trained with text) the prompt's token states
+        return decoder_cond(self.decoder, self.clip, F.normalize(emb.float(), dim=-1), prompts)
 
     def decoder_null(self, n: int) -> torch.Tensor:
-        return torch.zeros(n, self.decoder.config.image_dim, device=self.device)
+        from pipelines.models.unclip import decoder_cond
+        return decoder_cond(self.decoder, self.clip, torch.zeros(n, self.decoder.config.image_dim, device=self.device))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z_q = self.vqgan.quantize(self.decoder.denormalize(z))[0]

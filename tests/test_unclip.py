@@ -294,3 +294,71 @@ def test_training_commands_train_resume_and_export(tmp_path):
         rec = json.loads((out / "train.json").read_text())
         assert f"pipelines.train.unclip {part}" in rec["command"] and rec["seed"] == 0
         assert from_pretrained(out, part) is not None
+
+
+# -- the decoder that also reads the caption, started from the diffusion engine's UNet --------------
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model():
+    from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion
+
+    torch.manual_seed(1)
+    base = LatentDiffusion(DiffusionConfig(block_out_channels=(32, 32), n_head=2, prediction_type="v_prediction"))
+    base.set_latent_stats(torch.linspace(-0.2, 0.2, 16), torch.linspace(0.5, 1.5, 16))
+    return base.eval()
+
+
+def test_a_text_reading_decoder_starts_from_the_diffusion_unet_and_reads_both_inputs(tiny, tiny_text_model):
+    from pipelines.models.diffusion import encode_text
+
+    base, clip = tiny_text_model, tiny.clip
+    dec = um.UnCLIPDecoder(um.DecoderConfig(block_out_channels=(32, 32), n_head=2, prediction_type="v_prediction",
+                                            text_cond=True))
+    dec.init_from_diffusion(base)
+    dec.eval()
+    for k, v in base.unet.state_dict().items():      # every UNet weight copied
+        assert torch.equal(dec.unet.state_dict()[k], v), k
+    assert torch.equal(dec.latent_std, base.latent_std) and torch.equal(dec.latent_mean, base.latent_mean)
+    assert dec.to_tokens.weight.abs().sum() == 0 and dec.unet.class_embedding.linear_2.weight.abs().sum() == 0
+    assert um.sampling_denoiser(dec) is dec          # v-prediction: no clamp wrapper
+    z, t = torch.randn(2, 16, 8, 8), torch.tensor([300, 800])
+    e = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
+    captions = ["a red circle", "a blue star on the left"]
+    cond = um.decoder_cond(dec, clip, e, captions)
+    assert cond.shape == (2, 128 + 32 * 128) == (2, dec.config.cond_dim)
+    with torch.no_grad():
+        # at step 0 it is close to the text model (only the zero image tokens take some attention)
+        ref = base(z, t, encode_text(clip, captions, 32))
+        out = dec(z, t, cond)
+        assert (out - ref).abs().mean() < 0.5 * ref.abs().mean()
+        # once trained, both inputs matter: the caption ...
+        assert not torch.allclose(out, dec(z, t, um.decoder_cond(dec, clip, e, ["a green cross", "a black square"])))
+        # ... and the embedding (give the new inputs weights to see it)
+        torch.nn.init.normal_(dec.to_tokens.weight, std=0.1)
+        assert not torch.allclose(dec(z, t, cond), dec(z, t, um.decoder_cond(dec, clip, -e, captions)))
+    # the engine hands it the prompt in text mode and the empty caption otherwise
+    parts = engine.UnCLIPParts(tiny.prior, dec, tiny.vqgan, clip)
+    assert torch.allclose(parts.decoder_cond(e, None)[:, 128:], parts.decoder_null(2)[:, 128:])
+    assert not torch.allclose(parts.decoder_cond(e, captions)[:, 128:], parts.decoder_null(2)[:, 128:])
+    events = list(engine.sample(_req(batch=2), parts, CPU))
+    assert isinstance(events[-1], Final) and len(events[-1].images) == 2
+
+
+def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text_model):
+    from pipelines.models.diffusion import save_pretrained as save_diffusion
+    from pipelines.train import unclip as train
+
+    save_diffusion(tiny_text_model, tmp_path / "diffusion")
+    out, run = tmp_path / "decoder", tmp_path / "run"
+    args = ["decoder", "--out", str(out), "--run-dir", str(run), "--batch", "4", "--log-every", "1",
+            "--sample-every", "100", "--ckpt-every", "1", "--grid-steps", "2", "--steps", "2",
+            "--init-diffusion", str(tmp_path / "diffusion"), "--text-cond"]
+    train.main(args)
+    dec = um.from_pretrained(out, "decoder")
+    assert dec.config.text_cond and dec.config.prediction_type == "v_prediction"
+    assert dec.config.block_out_channels == (32, 32)
+    assert torch.allclose(dec.latent_std, tiny_text_model.latent_std, atol=1e-3)
+    assert "--init-diffusion" in json.loads((out / "train.json").read_text())["command"]
+    with pytest.raises(SystemExit, match="drop --cache"):
+        train.main(args + ["--cache", "16"])

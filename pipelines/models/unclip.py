@@ -23,7 +23,9 @@ captions.
 built-in VQGAN's 8x8x16 latents, conditioned on the image embedding twice, as GLIDE
 was adapted in the paper: projected and added to the timestep embedding (diffusers'
 `class_embed_type="projection"`), and projected into a few extra cross-attention
-tokens. Guidance drops the embedding to zeros (10 % in training).
+tokens. Guidance drops the embedding to zeros (10 % in training). With `text_cond` it
+also reads the caption's CLIP token states after those tokens, as the paper's decoder
+may; it is trained with the caption often missing, so variations (no text) still work.
 
 Notation: e = CLIP embedding on the unit sphere (D,); x = sqrt(D) e what the prior
 denoises; z the decoder's normalised VQGAN latent; cond the prior's packed
@@ -190,7 +192,18 @@ def image_embedding(clip, pixels: torch.Tensor) -> torch.Tensor:
 class DecoderConfig(DiffusionConfig):
     image_dim: int = 128              # CLIP embedding width (projection_dim)
     image_tokens: int = 4             # extra cross-attention tokens projected from the embedding (the paper uses 4)
-    x0_clip: float = 3.0              # sampling clamps the implied clean latent to +-x0_clip (see ClampedDenoiser)
+    x0_clip: float = 3.0              # eps-prediction only: sampling clamps the implied clean latent (see ClampedDenoiser)
+    text_cond: bool = False           # also reads the caption's CLIP token states (the paper's optional text input)
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of the flat conditioning vector: the embedding, then (text_cond) the token states."""
+        return self.image_dim + (self.text_len * self.text_dim if self.text_cond else 0)
+
+
+def pack_cond(image_emb: torch.Tensor, text_states: torch.Tensor | None = None) -> torch.Tensor:
+    """The decoder's conditioning as one (B, D [+ T * W]) tensor, so guidance batches it like any other."""
+    return image_emb if text_states is None else torch.cat([image_emb, text_states.flatten(1)], dim=1)
 
 
 class UnCLIPDecoder(LatentDiffusion):
@@ -199,15 +212,40 @@ class UnCLIPDecoder(LatentDiffusion):
                          projection_class_embeddings_input_dim=config.image_dim)
         self.to_tokens = nn.Linear(config.image_dim, config.image_tokens * config.text_dim)
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
-        """eps for z_t (B, C, 8, 8) at t (B,) given unit-norm image embeddings (B, D); zeros = unconditional."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The prediction (eps or v) for z_t (B, C, 8, 8) at t (B,) given `cond` (B, cond_dim): a unit-norm
+        image embedding (zeros = unconditional), followed with text_cond by the caption's CLIP token
+        states (the empty caption's when there is no text); see pack_cond."""
         c = self.config
         B = z_t.shape[0]
         assert z_t.shape[1:] == self.sample_shape, f"expected (B, {self.sample_shape}), got {tuple(z_t.shape)}"
-        assert image_emb.shape == (B, c.image_dim), f"expected image_emb (B, {c.image_dim}), got {tuple(image_emb.shape)}"
-        x = image_emb * math.sqrt(c.image_dim)                                  # about unit variance per coordinate
+        assert cond.shape == (B, c.cond_dim), f"expected cond (B, {c.cond_dim}), got {tuple(cond.shape)}"
+        x = cond[:, :c.image_dim] * math.sqrt(c.image_dim)                      # about unit variance per coordinate
         tokens = self.to_tokens(x).view(B, c.image_tokens, c.text_dim)          # (B, k, W)
+        if c.text_cond:                                                         # image tokens, then the caption's
+            tokens = torch.cat([tokens, cond[:, c.image_dim:].view(B, c.text_len, c.text_dim)], dim=1)
         return self.unet(z_t, t, encoder_hidden_states=tokens, class_labels=x).sample
+
+    @torch.no_grad()
+    def init_from_diffusion(self, diffusion: LatentDiffusion) -> None:
+        """Start from a trained text-to-image UNet (same widths): every UNet weight is copied, and the two
+        new inputs (the class embedding and the image tokens) start at zero, so at step 0 the decoder
+        denoises nearly as the text model does (the zero tokens only take a little attention) and
+        training mostly has to teach it the embedding."""
+        missing, unexpected = self.unet.load_state_dict(diffusion.unet.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("class_embedding.") for k in missing), (missing, unexpected)
+        self.set_latent_stats(diffusion.latent_mean.flatten(), diffusion.latent_std.flatten())
+        for p in (*self.unet.class_embedding.linear_2.parameters(), *self.to_tokens.parameters()):
+            p.zero_()
+
+
+def decoder_cond(decoder: UnCLIPDecoder, clip, image_emb: torch.Tensor, captions: list[str] | None = None) -> torch.Tensor:
+    """The decoder's conditioning for embeddings (N, D): with text_cond, packed with the captions' CLIP
+    token states (the empty caption's where captions is None, as for variations and interpolation)."""
+    if not decoder.config.text_cond:
+        return image_emb
+    captions = [""] * len(image_emb) if captions is None else list(captions)
+    return pack_cond(image_emb, encode_text(clip, captions, decoder.config.text_len).to(image_emb.dtype))
 
 
 class ClampedDenoiser(nn.Module):
@@ -252,9 +290,12 @@ class ClampedDenoiser(nn.Module):
 
 
 def sampling_denoiser(decoder: UnCLIPDecoder) -> nn.Module:
-    """The decoder as samplers should run it: clamped when its config asks for it."""
+    """The decoder as samplers should run it: clamped when it predicts noise and its config asks for it
+    (v-prediction needs no clamp: its clean estimate does not amplify the error at t = T)."""
     limit = getattr(decoder.config, "x0_clip", 0.0)
-    return ClampedDenoiser(decoder, limit).eval() if limit and limit > 0 else decoder
+    if decoder.config.prediction_type != "epsilon" or not limit or limit <= 0:
+        return decoder
+    return ClampedDenoiser(decoder, limit).eval()
 
 
 # ---------------------------------------------------------------------------

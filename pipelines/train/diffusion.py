@@ -84,6 +84,20 @@ def preview_images(seed: int, n: int = 1024) -> torch.Tensor:
     return to_x(shapes.sample_batch(n, SIZE, np.random.default_rng([seed, 10**6 + 1]))[0])
 
 
+def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-timestep loss weights (T,) of min-SNR-gamma: they turn the MSE of the network's target
+    (eps or v) into min(SNR, gamma) x the MSE of x0. gamma <= 0: plain MSE (all ones)."""
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    if gamma <= 0:
+        return torch.ones_like(snr)
+    return snr.clamp(max=gamma) / (snr if prediction_type == "epsilon" else snr + 1)
+
+
+def regression_target(noise_sched, z0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prediction_type: str):
+    """What the network regresses: the noise eps, or the velocity v = sqrt(a) eps - sqrt(1 - a) z0."""
+    return eps if prediction_type == "epsilon" else noise_sched.get_velocity(z0, eps, t)
+
+
 def ema_update(ema, model, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -114,12 +128,7 @@ def train(args) -> None:
     if "ema" in extra:
         ema.load_state_dict(extra["ema"])
     noise_sched = make_scheduler("DDPM", raw.scheduler_config)
-    alphas = noise_sched.alphas_cumprod                            # (T,)
-    snr = alphas / (1 - alphas)
-    # min-SNR-gamma: the weight that turns each target's MSE into min(SNR, gamma) x the MSE of x0
-    weight = snr.clamp(max=args.snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
-    if args.snr_gamma <= 0:
-        weight = torch.ones_like(snr)
+    weight = min_snr_weight(noise_sched.alphas_cumprod, args.snr_gamma, cfg.prediction_type)
     device = accelerator.device
     vqgan.to(device), clip.to(device), ema.to(device)
 
@@ -139,7 +148,7 @@ def train(args) -> None:
         t = torch.randint(0, cfg.num_train_timesteps, (len(z0),), generator=gen)
         z_t = noise_sched.add_noise(z0, eps, t.to(device))
         # 3. predict the noise (eps) or the velocity v = sqrt(a) eps - sqrt(1 - a) z0; min-SNR weighted MSE
-        target = eps if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(z0, eps, t.to(device))
+        target = regression_target(noise_sched, z0, eps, t.to(device), cfg.prediction_type)
         pred = model(z_t, t.to(device), text_emb)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * weight[t].to(device)).mean()

@@ -15,8 +15,15 @@ prior:   1. captions -> packed CLIP conditioning (token states + text embedding)
          app's loop and logs their cosine to the true image embeddings and R@1 among them.
 decoder: 1. renders -> the VQGAN's normalised latents z0 (statistics measured first) and
             CLIP image embeddings e; 10 % of e become zeros (the unconditional input);
-         2. DDPM's noise regression with min-SNR weights, as `pipelines/train/diffusion.py`;
+            with --text-cond the caption's CLIP token states come too (the paper's optional
+            text input), replaced by the empty caption's for --text-dropout of the scenes
+            and for every unconditional one, so the decoder learns to paint from e alone;
+         2. DDPM's objective with min-SNR weights, as `pipelines/train/diffusion.py`
+            (noise, or with --prediction-type v_prediction the velocity);
          3. sample grids: fresh renders on the top row, then decodes of their embeddings.
+         --init-diffusion DIR starts from the diffusion engine's trained text-to-image UNet
+         (same widths, prediction type and latent statistics; the embedding's new inputs start
+         at zero), so the decoder begins as a working painter and only learns the embedding.
          With --cache N it trains on N scenes encoded once (kept in the run dir) instead of
          fresh ones: on a shared CPU the VQGAN and CLIP encoders cost as much as the UNet's step.
 An exponential moving average of the weights is kept for both and exported.
@@ -37,11 +44,14 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
+from pipelines.models.diffusion import encode_text
+from pipelines.models.diffusion import from_pretrained as load_diffusion
 from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
-                                     image_embedding, sampling_denoiser, save_pretrained)
+                                     decoder_cond, image_embedding, pack_cond, sampling_denoiser,
+                                     save_pretrained)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
-from pipelines.train.diffusion import SIZE, ema_update, latent_stats, to_x
+from pipelines.train.diffusion import SIZE, ema_update, latent_stats, min_snr_weight, regression_target, to_x
 
 log = logging.getLogger("atelier.train.unclip")
 
@@ -66,14 +76,17 @@ def sample_prior(prior, clip, captions: list[str], seed: int, steps: int = 16, g
 
 
 @torch.no_grad()
-def sample_decoder(decoder, vqgan, image_emb: torch.Tensor, seed: int, steps: int = 20,
+@torch.no_grad()
+def sample_decoder(decoder, vqgan, clip, image_emb: torch.Tensor, seed: int, steps: int = 20,
                    guidance: float = 3.0) -> np.ndarray:
-    """uint8 (N, 32, 32, 3) pictures painted from unit-norm image embeddings (N, D)."""
+    """uint8 (N, 32, 32, 3) pictures painted from unit-norm image embeddings (N, D), no text."""
     gen = torch.Generator().manual_seed(seed)
     scheduler = make_scheduler("DPM-Solver++", decoder.scheduler_config)
     scheduler.set_timesteps(steps)
     z = torch.randn((len(image_emb), *decoder.sample_shape), generator=gen)
-    for s in denoise(sampling_denoiser(decoder), scheduler, z, image_emb, torch.zeros_like(image_emb), guidance, gen):
+    cond = decoder_cond(decoder, clip, image_emb)
+    null = decoder_cond(decoder, clip, torch.zeros_like(image_emb))
+    for s in denoise(sampling_denoiser(decoder), scheduler, z, cond, null, guidance, gen):
         z = s.x_next
     x = vqgan.decode(vqgan.quantize(decoder.denormalize(z))[0])
     return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -107,12 +120,23 @@ def train(args) -> None:
                                            text_len=clip.context_length, n_layer=args.layers, n_head=args.heads,
                                            n_embd=args.width, clip=Path(args.clip).name))
     else:
+        base = load_diffusion(args.init_diffusion) if args.init_diffusion else None
+        if base is not None:   # the text-to-image model's architecture, schedule and latent statistics
+            args.channels = ",".join(str(c) for c in base.config.block_out_channels)
+            args.layers, args.prediction_type = base.config.layers_per_block, base.config.prediction_type
+        if args.text_cond and args.cache:
+            raise SystemExit("--text-cond needs the captions of fresh scenes: drop --cache")
         model = UnCLIPDecoder(DecoderConfig(
             block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
             latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
             text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
-            vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens))
-        model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+            vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens,
+            prediction_type=args.prediction_type, text_cond=args.text_cond))
+        if base is not None:
+            model.init_from_diffusion(base)
+            log.info("decoder UNet initialised from %s", args.init_diffusion)
+        else:
+            model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("unCLIP %s with %d parameters", args.part, n_params)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -121,9 +145,8 @@ def train(args) -> None:
     if "ema" in extra:
         ema.load_state_dict(extra["ema"])
     noise_sched = make_scheduler("DDPM", raw.scheduler_config)
-    alphas = noise_sched.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    weight = snr.clamp(max=args.snr_gamma) / snr if args.part == "decoder" and args.snr_gamma > 0 else torch.ones_like(snr)
+    kind = raw.config.prediction_type if args.part == "decoder" else "sample"
+    weight = min_snr_weight(noise_sched.alphas_cumprod, args.snr_gamma if args.part == "decoder" else 0, kind)
     device = accelerator.device
     clip.to(device), ema.to(device)
     if vqgan is not None:
@@ -153,15 +176,19 @@ def train(args) -> None:
                 x0 = e_img * raw.scale                                           # (B, D)
             else:
                 cond = e_img.masked_fill(drop[:, None].to(device), 0.0)          # zeros: unconditional
+                if raw.config.text_cond:                                         # + the caption, or the empty one
+                    no_text = drop.numpy() | (rng.random(args.batch) < args.text_dropout)
+                    cond = pack_cond(cond, encode_text(clip, ["" if d else c for c, d in zip(captions, no_text)],
+                                                       raw.config.text_len))
                 if cache is None:
                     x0 = raw.normalize(vqgan.encode_latent(x))                   # (B, 16, 8, 8)
         # 2. noise at uniform timesteps
         eps = torch.randn(x0.shape, generator=gen).to(device)
         t = torch.randint(0, T, (len(x0),), generator=gen)
         x_t = noise_sched.add_noise(x0, eps, t.to(device))
-        # 3. the prior regresses x0, the decoder eps (min-SNR weighted)
+        # 3. the prior regresses x0, the decoder eps or v (min-SNR weighted)
         pred = model(x_t, t.to(device), cond)
-        target = x0 if args.part == "prior" else eps
+        target = x0 if args.part == "prior" else regression_target(noise_sched, x0, eps, t.to(device), kind)
         per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
         loss = (per_sample * weight[t].to(device)).mean()
         opt.zero_grad(set_to_none=True)
@@ -219,7 +246,7 @@ def decoder_cache(decoder, vqgan, clip, args, run_dir: Path) -> dict:
 def write_decoder_grid(decoder, vqgan, clip, path: Path, args, n: int = 8) -> None:
     imgs, _ = shapes.sample_batch(n, SIZE, np.random.default_rng([args.seed, 8, 8]))
     e = image_embedding(clip, to_x(imgs))
-    rows = [imgs] + [sample_decoder(decoder, vqgan, e, seed, args.grid_steps) for seed in range(2)]
+    rows = [imgs] + [sample_decoder(decoder, vqgan, clip, e, seed, args.grid_steps) for seed in range(2)]
     common.save_grid(rows, path)
 
 
@@ -235,6 +262,12 @@ def main(argv=None) -> None:
     p.add_argument("--heads", type=int, default=4, help="prior: attention heads")
     p.add_argument("--channels", default="64,128", help="decoder: UNet block widths, one per level")
     p.add_argument("--image-tokens", type=int, default=4, help="decoder: cross-attention tokens from the embedding")
+    p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"], help="decoder's target")
+    p.add_argument("--text-cond", action="store_true", help="decoder: also read the caption's CLIP token states")
+    p.add_argument("--text-dropout", type=float, default=0.5,
+                   help="decoder with --text-cond: share of scenes shown without their caption")
+    p.add_argument("--init-diffusion", default=None,
+                   help="decoder: start from this diffusion-engine folder's UNet (sets widths, layers, target)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="share of empty captions / zeroed embeddings")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="decoder: min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
