@@ -109,7 +109,15 @@ def sample_grid(model: DALLE, vqgan, path: Path, n: int = 6, seed: int = 0) -> N
 
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "dalle")
-    tokenizer = train_tokenizer(n_captions=args.tokenizer_captions, seed=args.seed).backend_tokenizer
+    # the BPE trainer numbers some single characters (the word "a" among them) differently from one
+    # process to the next, so a resumed run reads the tokenizer its first run saved
+    tok_path = run_dir / "tokenizer.json"
+    if args.resume and tok_path.exists():
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_file(str(tok_path))
+    else:
+        tokenizer = train_tokenizer(n_captions=args.tokenizer_captions, seed=args.seed).backend_tokenizer
+        tokenizer.save(str(tok_path))
     config = DalleConfig(text_vocab=tokenizer.get_vocab_size(), text_len=args.text_len,
                          pad_id=tokenizer.token_to_id("<|endoftext|>"), n_layer=args.layers, n_embd=args.width,
                          n_head=args.heads)
