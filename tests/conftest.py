@@ -42,3 +42,22 @@ def served_app():
         yield app
     finally:
         app.demo.close()
+
+
+def wait_for_outputs(job, n: int, timeout: float = 60) -> None:
+    """Poll a gradio_client job until it has yielded n outputs (or timeout seconds pass)."""
+    import time
+
+    t0 = time.time()
+    while len(job.outputs()) < n and time.time() - t0 < timeout:
+        time.sleep(0.01)
+
+
+def reload_page(client, job, tmp_path, after_outputs: int):
+    """Let a run yield `after_outputs` updates, then drop its page as a reload does (the run goes on);
+    returns a fresh client, the reloaded page."""
+    from gradio_client import Client
+
+    wait_for_outputs(job, after_outputs)
+    job.cancel()
+    return Client(client.src, verbose=False, download_files=str(tmp_path))

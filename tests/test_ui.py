@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from pipelines import media
+from tests.conftest import reload_page, wait_for_outputs
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,7 @@ def test_load_settings_from_png(client, tmp_path):
 
 def test_stop_ends_the_run_and_keeps_the_picture(client):
     job = client.submit(*args(iterations=400), api_name="/vqgan_clip")
-    t0 = time.time()
-    while len(job.outputs()) < 2 and time.time() - t0 < 60:
-        time.sleep(0.05)
+    wait_for_outputs(job, 2)
     client.predict(api_name="/vqgan_clip_stop")
     t_stop = time.time()
     final = job.result(timeout=60)
@@ -69,20 +68,13 @@ def test_stop_ends_the_run_and_keeps_the_picture(client):
 
 def test_a_reloaded_page_finds_its_run_again(client, tmp_path):
     """The page that started a run goes away; a new page of the same browser follows it to its end."""
-    from gradio_client import Client
-
     browser = "0123456789abcdef"
     job = client.submit(*args(iterations=400), browser, api_name="/vqgan_clip")
-    t0 = time.time()
-    while len(job.outputs()) < 2 and time.time() - t0 < 60:
-        time.sleep(0.05)
-    job.cancel()                       # the first page is closed or reloaded: the run goes on
-    page = Client(client.src, verbose=False, download_files=str(tmp_path))
+    page = reload_page(client, job, tmp_path, after_outputs=2)   # the first page goes: the run goes on
     stranger = list(page.submit("fedcba9876543210", api_name="/vqgan_clip_resume"))
     assert not any(o[0] for o in stranger)     # another browser sees nothing of it
     resumed = page.submit(browser, api_name="/vqgan_clip_resume")
-    while len(resumed.outputs()) < 2 and time.time() - t0 < 90:
-        time.sleep(0.05)
+    wait_for_outputs(resumed, 2)
     first = resumed.outputs()[0]
     assert first[0] and first[1].startswith("**Iteration")   # the latest preview at once, then live ones
     page.predict(browser, api_name="/vqgan_clip_stop")

@@ -1,11 +1,11 @@
 """The DALL-E tab through the app's client API, over a real socket (built-in shapes weights)."""
 import socket
-import time
 
 import pytest
 from PIL import Image
 
 from pipelines import media
+from tests.conftest import reload_page, wait_for_outputs
 
 PROMPT = "a large yellow diamond above a small blue circle"
 
@@ -66,9 +66,7 @@ def test_load_settings_from_png(client):
 
 def test_stop_keeps_what_was_made(client):
     job = client.submit(*args(candidates=8), api_name="/dalle")
-    t0 = time.time()
-    while len(job.outputs()) < 1 and time.time() - t0 < 60:
-        time.sleep(0.01)
+    wait_for_outputs(job, 1)
     client.predict(api_name="/dalle_stop")
     final = job.result(timeout=60)
     assert final[1].startswith("**Stopped**")
@@ -77,15 +75,9 @@ def test_stop_keeps_what_was_made(client):
 
 
 def test_a_reloaded_page_follows_its_run(client, tmp_path):
-    from gradio_client import Client
-
     browser = "00112233445566778899"
     job = client.submit(*args(candidates=4), browser, api_name="/dalle")
-    t0 = time.time()
-    while len(job.outputs()) < 1 and time.time() - t0 < 60:
-        time.sleep(0.01)
-    job.cancel()  # the page is reloaded: the run goes on
-    page = Client(client.src, verbose=False, download_files=str(tmp_path))
+    page = reload_page(client, job, tmp_path, after_outputs=1)   # the page is reloaded: the run goes on
     final = page.predict(browser, api_name="/dalle_resume")
     assert final[1].startswith("**Done**") and len(final[2]) == 4
 

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from pipelines import media
+from tests.conftest import reload_page, wait_for_outputs
 from tests.test_ui import client  # noqa: F401  (the app on a free port, one per module)
 
 
@@ -67,9 +68,7 @@ def test_image_to_image_from_an_upload(client, tmp_path):
 
 def test_stop_ends_the_run_and_keeps_the_picture(client):
     job = client.submit(*args(steps=1000, preview_every=1), api_name="/diffusion")
-    t0 = time.time()
-    while len(job.outputs()) < 2 and time.time() - t0 < 60:
-        time.sleep(0.05)
+    wait_for_outputs(job, 2)
     client.predict(api_name="/diffusion_stop")
     t_stop = time.time()
     final = job.result(timeout=60)
@@ -136,18 +135,11 @@ def test_unconditional_hub_model_runs_in_the_same_tab(client, tmp_path, monkeypa
 
 
 def test_a_reloaded_page_follows_its_run(client, tmp_path):
-    from gradio_client import Client
-
     browser = "d1ff0510aaaabbbb"
     job = client.submit(*args(steps=1000, preview_every=1), browser, api_name="/diffusion")
-    t0 = time.time()
-    while len(job.outputs()) < 2 and time.time() - t0 < 60:
-        time.sleep(0.05)
-    job.cancel()                        # the page is reloaded: the run goes on
-    page = Client(client.src, verbose=False, download_files=str(tmp_path))
+    page = reload_page(client, job, tmp_path, after_outputs=2)   # the page is reloaded: the run goes on
     resumed = page.submit(browser, api_name="/diffusion_resume")
-    while len(resumed.outputs()) < 2 and time.time() - t0 < 90:
-        time.sleep(0.05)
+    wait_for_outputs(resumed, 2)
     assert resumed.outputs()[0][0] and resumed.outputs()[0][2].startswith("**Step")
     page.predict(browser, api_name="/diffusion_stop")
     final = resumed.result(timeout=60)
