@@ -1,5 +1,6 @@
 """The training commands run, resume, and export weights the app's loaders read (tiny step counts)."""
 import json
+import os
 
 import torch
 
@@ -49,6 +50,19 @@ def test_clip_tokenizer_covers_every_character():
     assert ids.count(tok.eos_token_id) == 1 and ids[-1] == tok.eos_token_id  # nothing unknown maps to <|endoftext|>
     assert tok.convert_ids_to_tokens(tok("a red circle")["input_ids"]) == [
         "<|startoftext|>", "a</w>", "red</w>", "circle</w>", "<|endoftext|>"]
+
+
+def test_tokenizer_ids_are_the_same_in_every_process():
+    """The BPE trainer and the byte alphabet are hash-ordered; the ids must not be (a resumed DALL-E run
+    once read the word "a" with another id than its first run)."""
+    import subprocess
+    import sys
+
+    code = ("import json; from pipelines.train.clip import train_tokenizer; "
+            "print(json.dumps(train_tokenizer(n_captions=300).get_vocab(), sort_keys=True))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.splitlines()[-1] for seed in (1, 2, 3)]
+    assert runs[0] == runs[1] == runs[2]
 
 
 def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):

@@ -51,12 +51,15 @@ def train_tokenizer(n_captions: int = 20_000, vocab_size: int = 600, seed: int =
     backend.train_from_iterator(captions, trainer)
     model = json.loads(backend.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    vocab = dict(model["vocab"])
+    specials = ["<|startoftext|>", "<|endoftext|>"]
     # every byte alone and word-final, as in CLIP's own vocabulary: no text ever maps to the
     # unknown token (which is <|endoftext|>, where CLIP pools the sentence)
-    for ch in pre_tokenizers.ByteLevel.alphabet():
-        for tok in (ch, ch + "</w>"):
-            vocab.setdefault(tok, len(vocab))
+    alphabet = {tok for ch in pre_tokenizers.ByteLevel.alphabet() for tok in (ch, ch + "</w>")}
+    # ids in an order that does not depend on the process: the BPE trainer and the alphabet (both
+    # hash-ordered) number single characters differently from run to run, "a</w>" among them
+    products = [a + b for a, b in merges]
+    singles = sorted((set(model["vocab"]) | alphabet) - set(specials) - set(products))
+    vocab = {tok: i for i, tok in enumerate(specials + singles + list(dict.fromkeys(products)))}
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 

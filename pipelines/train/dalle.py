@@ -109,8 +109,8 @@ def sample_grid(model: DALLE, vqgan, path: Path, n: int = 6, seed: int = 0) -> N
 
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "dalle")
-    # the BPE trainer numbers some single characters (the word "a" among them) differently from one
-    # process to the next, so a resumed run reads the tokenizer its first run saved
+    # a resumed run reads the captions with the ids its first run learnt them with (saved in the run
+    # dir), whatever train_tokenizer does now
     tok_path = run_dir / "tokenizer.json"
     if args.resume and tok_path.exists():
         from tokenizers import Tokenizer
