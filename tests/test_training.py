@@ -6,6 +6,7 @@ import torch
 
 from pipelines.models.clip import load_clip
 from pipelines.models.vqgan import from_pretrained
+from pipelines.shapes import SHAPES
 from pipelines.train import clip as train_clip
 from pipelines.train import vqgan as train_vqgan
 
@@ -19,8 +20,8 @@ def test_vqgan_trains_resumes_and_exports(tmp_path):
     assert first["step"] == 2 and (run / "samples_000002.png").exists()
     train_vqgan.main(common + ["--steps", "3", "--resume"])
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
-    logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert logged == [1, 2, 3]  # the resumed run continued at step 3
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]  # the resumed run continued at step 3
     rec = json.loads((out / "train.json").read_text())
     assert "pipelines.train.vqgan" in rec["command"] and rec["seed"] == 0
     assert {"psnr_db", "codebook_used", "small_shape_mask_iou"} <= set(rec["metrics"])
@@ -34,14 +35,34 @@ def test_vqgan_decoder_only_finetune_keeps_every_code(tmp_path):
     src = "presets/weights/shapes-vqgan"
     out, run = tmp_path / "dec", tmp_path / "run"
     train_vqgan.main(["--decoder-from", src, "--out", str(out), "--run-dir", str(run), "--batch", "4", "--steps", "2",
-                      "--lr", "1e-2", "--object-weight", "2", "--log-every", "1", "--sample-every", "100",
-                      "--eval-scenes", "16"])
+                      "--lr", "1e-2", "--object-weight", "2", "--hard-share", "0.5", "--hard-shapes", "star:1,cross:1",
+                      "--log-every", "1", "--sample-every", "2", "--eval-scenes", "16"])
     before, after = from_pretrained(src).state_dict(), from_pretrained(out).state_dict()
     for k in before:
         same = torch.equal(before[k], after[k])
         assert same == (not k.startswith(("decoder.", "post_quant_conv."))), k
     rec = json.loads((out / "train.json").read_text())
     assert 0 <= rec["metrics"]["judge_correct"] <= 1
+    assert set(rec["metrics"]["small_shape_judged"]) == set(SHAPES)
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("judge_correct" in r and "small_star" in r for r in logged)  # the judge's view while training
+
+
+def test_hard_scenes_draw_the_shapes_asked_for():
+    import numpy as np
+    import pytest
+
+    from pipelines.eval.judge import analyse
+
+    assert train_vqgan.shape_weights("star:6, cross:4") == {**dict.fromkeys(SHAPES, 0.0), "star": 6.0, "cross": 4.0}
+    for bad in ("stars:1", "star:0", "star:x"):
+        with pytest.raises(ValueError):
+            train_vqgan.shape_weights(bad)
+    batch = train_vqgan.hard_batch(24, np.random.default_rng(0), train_vqgan.shape_weights("star:1"))
+    assert batch.shape == (24, 32, 32, 3) and batch.dtype == np.uint8
+    assert np.array_equal(batch, train_vqgan.hard_batch(24, np.random.default_rng(0), train_vqgan.shape_weights("star:1")))
+    found = [o.shape for img in batch for o in analyse(img).objects]
+    assert len(found) >= 24 and found.count("star") / len(found) > 0.9
 
 
 def test_clip_tokenizer_covers_every_character():
