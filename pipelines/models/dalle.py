@@ -147,7 +147,7 @@ class DALLE(nn.Module):
 
     # -- sampling with the KV cache -----------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(self, text_ids: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                guidance: float = 1.0, generator: torch.Generator | None = None,
                prefix_codes: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
