@@ -75,11 +75,12 @@ def shape_weights(text: str) -> dict[str, float]:
 
 def hard_batch(n: int, rng: np.random.Generator, weights: dict[str, float]) -> np.ndarray:
     """Scenes the tokenizer finds hard: 1-2 objects, small 80 % of the time, shapes drawn by `weights`."""
-    pairs = [(c, sh) for c in shapes.PALETTE for sh in shapes.SHAPES if (c, sh) not in shapes.HELD_OUT]
-    w = np.array([weights[sh] for _, sh in pairs], dtype=np.float64)
+    pairs = shapes._pairs(shapes.HELD_OUT)
+    p = np.array([weights[sh] for _, sh in pairs], dtype=np.float64)
+    p /= p.sum()
     out = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
     for i in range(n):
-        objs = tuple(shapes.ObjectSpec(*pairs[rng.choice(len(pairs), p=w / w.sum())],
+        objs = tuple(shapes.ObjectSpec(*pairs[rng.choice(len(pairs), p=p)],
                                        "small" if rng.random() < 0.8 else "large")
                      for _ in range(1 + int(rng.random() < 0.5)))
         relation = shapes.RELATIONS[rng.integers(len(shapes.RELATIONS))] if len(objs) == 2 else None
@@ -151,6 +152,14 @@ def _mask(img_u8: np.ndarray, color: str) -> np.ndarray:
     return d.argmin(-1) == list(shapes.PALETTE).index(color)
 
 
+def small_shape_scene(shape: str, seed, size: int = SIZE) -> tuple[np.ndarray, str]:
+    """One small `shape` of a seeded random colour (no held-out pair), placed at random: (image, colour)."""
+    r = np.random.default_rng(seed)
+    color = str(next(c for c in r.permutation(list(shapes.PALETTE)) if (c, shape) not in shapes.HELD_OUT))
+    scene = shapes.Scene(objects=(shapes.ObjectSpec(color, shape, "small"),))
+    return np.asarray(shapes.render(scene, size, r)), color
+
+
 @torch.no_grad()
 def evaluate(model: VQGAN, n: int = 512, size: int = SIZE) -> dict:
     """PSNR on fresh scenes, share of the codebook used, and mask IoU of small shapes."""
@@ -171,10 +180,7 @@ def evaluate(model: VQGAN, n: int = 512, size: int = SIZE) -> dict:
     for shape in shapes.SHAPES:
         vals = []
         for k in range(24):
-            r = np.random.default_rng([EVAL_SEED, k, shapes.SHAPES.index(shape)])
-            color = next(c for c in r.permutation(list(shapes.PALETTE)) if (c, shape) not in shapes.HELD_OUT)
-            scene = shapes.Scene(objects=(shapes.ObjectSpec(str(color), shape, "small"),))
-            img = np.asarray(shapes.render(scene, size, r))
+            img, color = small_shape_scene(shape, [EVAL_SEED, k, shapes.SHAPES.index(shape)], size)
             rec_u8 = to_u8(model(to_tensor(img[None]))[0])[0]
             a, b = _mask(img, color), _mask(rec_u8, color)
             vals.append((a & b).sum() / max(1, (a | b).sum()))
@@ -205,13 +211,8 @@ def small_shapes_judged(model: VQGAN, per_shape: int = 24, size: int = SIZE) -> 
     model.eval()
     out = {}
     for shape in shapes.SHAPES:
-        imgs, colours = [], []
-        for k in range(per_shape):
-            r = np.random.default_rng([EVAL_SEED, 7, k, shapes.SHAPES.index(shape)])
-            color = next(c for c in r.permutation(list(shapes.PALETTE)) if (c, shape) not in shapes.HELD_OUT)
-            scene = shapes.Scene(objects=(shapes.ObjectSpec(str(color), shape, "small"),))
-            imgs.append(np.asarray(shapes.render(scene, size, r)))
-            colours.append(str(color))
+        imgs, colours = zip(*(small_shape_scene(shape, [EVAL_SEED, 7, k, shapes.SHAPES.index(shape)], size)
+                              for k in range(per_shape)))
         rec = to_u8(model(to_tensor(np.stack(imgs)))[0])
         hits = [any(o.shape == shape and o.color == c for o in analyse(im).objects) for im, c in zip(rec, colours)]
         out[shape] = round(float(np.mean(hits)), 3)
