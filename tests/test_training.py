@@ -97,3 +97,63 @@ def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):
     assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 128)
     assert set(json.loads((out / "train.json").read_text())["metrics"]) == {
         "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc"}
+
+
+def test_worker_processes_draw_the_same_batches_in_the_same_order():
+    """--workers renders ahead in other processes; the data of every step must not change with it."""
+    import functools
+
+    import numpy as np
+
+    from pipelines.train import common
+    from pipelines.train import dalle as train_dalle
+    from pipelines.train import diffusion as train_diffusion
+    from pipelines.train import unclip as train_unclip
+
+    for make in (functools.partial(train_diffusion.draw_batch, 3, 4, 0.5),
+                 functools.partial(train_dalle.draw_batch, 3, 4, 0.5),
+                 functools.partial(train_unclip.draw_batch, 3, 4, True)):
+        inline = list(common.step_batches(make, 5, 12, workers=0))
+        ahead = list(common.step_batches(make, 5, 12, workers=3))
+        assert len(inline) == len(ahead) == 7
+        for step, (a, b) in enumerate(zip(inline, ahead), start=5):
+            assert np.array_equal(a[0], b[0]) and a[1] == b[1], step
+            assert np.array_equal(a[0], make(step)[0])       # step k's batch, not another step's
+        assert not np.array_equal(inline[0][0], inline[1][0])
+    # the unCLIP draw hands back the step's generator, which goes on to draw the dropped conditions
+    a = list(common.step_batches(functools.partial(train_unclip.draw_batch, 3, 4, True), 0, 2, workers=2))
+    b = list(common.step_batches(functools.partial(train_unclip.draw_batch, 3, 4, True), 0, 2, workers=0))
+    assert [x[2].random() for x in a] == [x[2].random() for x in b]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_every_trainer_continues_from_an_exported_folder(tmp_path):
+    """--init DIR starts from an export (architecture and weights): at learning rate 0 the export after
+    one more step holds the same weights, and the new run keeps the folder's architecture."""
+    from pipelines.train import dalle as train_dalle
+    from pipelines.train import diffusion as train_diffusion
+    from pipelines.train import unclip as train_unclip
+
+    runs = [
+        (train_diffusion.main, [], ["--channels", "32,32", "--stat-images", "16", "--grid-steps", "2"], []),
+        (train_dalle.main, [], ["--layers", "1", "--width", "32", "--heads", "2", "--tokenizer-captions", "300",
+                                "--eval-scenes", "8"], ["--tokenizer-captions", "300", "--eval-scenes", "8"]),
+        (train_unclip.main, ["decoder"], ["--channels", "32,32", "--stat-images", "16", "--grid-steps", "2"],
+         ["--stat-images", "16", "--grid-steps", "2"]),
+        (train_unclip.main, ["prior"], ["--width", "32", "--layers", "1", "--heads", "2", "--eval-scenes", "8"],
+         ["--eval-scenes", "8"]),
+    ]
+    for k, (main, part, sizes, rest) in enumerate(runs):
+        first, again = tmp_path / f"first{k}", tmp_path / f"again{k}"
+        base = [*part, "--batch", "4", "--steps", "1", "--log-every", "1", "--sample-every", "0"]
+        main(base + ["--out", str(first), "--run-dir", str(tmp_path / f"run{k}"), *sizes])
+        main(base + ["--out", str(again), "--run-dir", str(tmp_path / f"run{k}b"), "--init", str(first),
+                     "--lr", "0", "--workers", "1", *rest])
+        a, b = _weights(first), _weights(again)
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), main.__module__
+        assert json.loads((again / "train.json").read_text())["command"].count("--init") == 1

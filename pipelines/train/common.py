@@ -35,9 +35,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=int(os.environ.get("ATELIER_THREADS", "1")),
                    help="torch CPU threads; 1 is fastest beside other busy processes")
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--sample-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=500, help="sample grids every N steps (0: none while training)")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that draw and render the next batches while the model trains (0: inline); "
+                        "the batches are the same either way")
 
 
 def setup(args, name: str):
@@ -49,6 +52,8 @@ def setup(args, name: str):
     torch.manual_seed(args.seed)  # only the initial weights draw from the global RNG
     run_dir = Path(args.run_dir or f"runs/{name}")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return Accelerator(cpu=not torch.cuda.is_available()), run_dir
 
 
@@ -70,6 +75,42 @@ def set_lr(opt, step: int, args) -> None:
 def batch_rng(seed: int, step: int) -> np.random.Generator:
     """The data of step k depends only on (seed, k), so a resumed run sees the same batches."""
     return np.random.default_rng([seed, step])
+
+
+class _StepData(torch.utils.data.IterableDataset):
+    """make(step) for steps start..stop-1; worker k of n draws steps start+k, start+k+n, ..., and the
+    DataLoader takes one from each worker in turn, so the steps come back in order."""
+
+    def __init__(self, make, start: int, stop: int):
+        self.make, self.start, self.stop = make, start, stop
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        k, n = (info.id, info.num_workers) if info else (0, 1)
+        return (self.make(step) for step in range(self.start + k, self.stop, n))
+
+
+def _as_is(item):
+    return item
+
+
+def step_batches(make, start: int, stop: int, workers: int = 0):
+    """Yield make(step) for each training step in order. make must depend only on the step (it draws
+    from batch_rng), so `workers` processes can draw and render ahead of the loop: on a GPU, one
+    process rendering scenes cannot keep up with the model."""
+    data = _StepData(make, start, stop)
+    if workers <= 0:
+        return iter(data)
+    return iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                            collate_fn=_as_is))
+
+
+def to_cpu(*modules) -> None:
+    """Bring models back from the accelerator: exports, grids and evaluations run on the CPU, where
+    samplers' seeded generators live."""
+    for m in modules:
+        if m is not None:
+            m.cpu()
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.05) -> float:

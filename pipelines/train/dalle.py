@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -69,10 +70,17 @@ def make_batch(n: int, rng: np.random.Generator, exclude=shapes.HELD_OUT, held_o
     return images, scenes
 
 
+def draw_batch(seed: int, n: int, p_uncond: float, step: int) -> tuple[np.ndarray, list[str]]:
+    """The renders and captions of one training step (a share of captions emptied for guidance)."""
+    images, scenes = make_batch(n, common.batch_rng(seed, step))
+    rng = common.batch_rng(seed + 1, step)
+    return images, [partial_caption(s, rng) if rng.random() >= p_uncond else "" for s in scenes]
+
+
 @torch.no_grad()
 def encode(vqgan, images: np.ndarray) -> torch.Tensor:
     """uint8 (B, 32, 32, 3) -> codes (B, 64) in raster order."""
-    return vqgan.encode(to_tensor(images))[2].view(len(images), -1)
+    return vqgan.encode(to_tensor(images).to(vqgan.codebook.device))[2].view(len(images), -1)
 
 
 @torch.no_grad()
@@ -118,10 +126,16 @@ def train(args) -> None:
     else:
         tokenizer = train_tokenizer(n_captions=args.tokenizer_captions, seed=args.seed).backend_tokenizer
         tokenizer.save(str(tok_path))
-    config = DalleConfig(text_vocab=tokenizer.get_vocab_size(), text_len=args.text_len,
-                         pad_id=tokenizer.token_to_id("<|endoftext|>"), n_layer=args.layers, n_embd=args.width,
-                         n_head=args.heads)
-    model = DALLE(config, tokenizer)
+    if args.init:   # an exported model: its architecture, tokenizer and weights
+        model = from_pretrained(args.init).train()
+        tokenizer, config = model.text.tok, model.config
+        tokenizer.save(str(tok_path))
+        log.info("initial model %s", args.init)
+    else:
+        config = DalleConfig(text_vocab=tokenizer.get_vocab_size(), text_len=args.text_len,
+                             pad_id=tokenizer.token_to_id("<|endoftext|>"), n_layer=args.layers, n_embd=args.width,
+                             n_head=args.heads)
+        model = DALLE(config, tokenizer)
     vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False)
     assert vqgan.config.n_embed == config.n_codes, "the GPT's image vocabulary must match the VQGAN's codebook"
     log.info("DALL-E GPT with %d parameters, text vocabulary %d, sequence %d", model.num_parameters,
@@ -134,17 +148,18 @@ def train(args) -> None:
     seconds = extra.get("seconds", 0.0)
     t0 = time.time()
 
-    for step in range(start, args.steps):
+    device = accelerator.device
+    vqgan.to(device)
+    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.p_uncond),
+                                  start, args.steps, args.workers)
+    for step, (images, captions) in zip(range(start, args.steps), batches):
         raw.train()
         common.set_lr(opt, step, args)
         # 1. fresh scenes -> codes; captions state a random subset of each scene's parts
-        images, scenes = make_batch(args.batch, common.batch_rng(args.seed, step))
-        rng = common.batch_rng(args.seed + 1, step)
-        captions = [partial_caption(s, rng) if rng.random() >= args.p_uncond else "" for s in scenes]
         text, _ = raw.text(captions)
         codes = encode(vqgan, images)
         # 2. cross-entropy of the codes
-        loss = raw.loss(text.to(accelerator.device), codes.to(accelerator.device))
+        loss = raw.loss(text.to(device), codes.to(device))
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
@@ -154,12 +169,15 @@ def train(args) -> None:
             elapsed = seconds + time.time() - t0
             metrics.write(done, loss=loss.item(), lr=opt.param_groups[0]["lr"], sequences=done * args.batch,
                           seq_per_s=(done - start) * args.batch / (time.time() - t0), train_s=elapsed)
-        if done % args.sample_every == 0 or done == args.steps:
+        if args.sample_every > 0 and (done % args.sample_every == 0 or done == args.steps):
+            common.to_cpu(raw, vqgan)
             sample_grid(raw, vqgan, run_dir / f"samples_{done:06d}.png")
+            raw.to(device), vqgan.to(device)
         if done % args.ckpt_every == 0 or done == args.steps:
             common.save_checkpoint(run_dir, done, raw, opt, {"seconds": seconds + time.time() - t0})
 
     raw.eval()
+    common.to_cpu(raw, vqgan)
     save_pretrained(raw, args.out)
     result = evaluate(raw, vqgan, args.eval_scenes)
     sample_grid(raw, vqgan, Path(args.out) / "samples.png")
@@ -180,6 +198,7 @@ def main(argv=None) -> None:
     p.add_argument("--p-uncond", type=float, default=0.1, help="share of captions replaced by the empty caption")
     p.add_argument("--tokenizer-captions", type=int, default=20_000, help="captions the BPE is learnt from")
     p.add_argument("--eval-scenes", type=int, default=512, help="fresh scenes per validation loss")
+    p.add_argument("--init", help="an exported model folder to start from (architecture, tokenizer and weights)")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "pipelines.train.dalle", argv)
     if args.eval_only:

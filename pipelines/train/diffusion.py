@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import shutil
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text, fit_preview_rgb, save_pretrained
+from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, encode_text, fit_preview_rgb, from_pretrained,
+                                       save_pretrained)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
 
@@ -84,6 +86,13 @@ def preview_images(seed: int, n: int = 1024) -> torch.Tensor:
     return to_x(shapes.sample_batch(n, SIZE, np.random.default_rng([seed, 10**6 + 1]))[0])
 
 
+def draw_batch(seed: int, n: int, caption_dropout: float, step: int) -> tuple[np.ndarray, list[str]]:
+    """The scenes and captions of one training step (a share of captions emptied for guidance)."""
+    rng = common.batch_rng(seed, step)
+    imgs, captions = shapes.sample_batch(n, SIZE, rng)
+    return imgs, ["" if rng.random() < caption_dropout else c for c in captions]
+
+
 def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
     """Per-timestep loss weights (T,) of min-SNR-gamma: they turn the MSE of the network's target
     (eps or v) into min(SNR, gamma) x the MSE of x0. gamma <= 0: plain MSE (all ones)."""
@@ -114,9 +123,14 @@ def train(args) -> None:
                           text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
                           vqgan=Path(args.vqgan).name, clip=Path(args.clip).name,
                           prediction_type=args.prediction_type)
-    model = LatentDiffusion(cfg)
-    model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
-    if args.init:  # start from another run's weights (e.g. to switch the prediction target)
+    if args.init and Path(args.init).is_dir():  # an exported model: its architecture, statistics and weights
+        model = from_pretrained(args.init).train()
+        cfg = model.config
+        log.info("initial model %s", args.init)
+    else:
+        model = LatentDiffusion(cfg)
+        model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+    if args.init and not Path(args.init).is_dir():  # another run's weights (e.g. to switch the prediction target)
         model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
         log.info("initial weights from %s", args.init)
     n_params = sum(p.numel() for p in model.parameters())
@@ -132,13 +146,12 @@ def train(args) -> None:
     device = accelerator.device
     vqgan.to(device), clip.to(device), ema.to(device)
 
-    for step in range(start, args.steps):
+    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.caption_dropout),
+                                  start, args.steps, args.workers)
+    for step, (imgs, captions) in zip(range(start, args.steps), batches):
         raw.train()
         common.set_lr(opt, step, args)
         # 1. fresh scenes -> normalised latents z0; captions -> text states (some dropped)
-        rng = common.batch_rng(args.seed, step)
-        imgs, captions = shapes.sample_batch(args.batch, SIZE, rng)
-        captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
         with torch.no_grad():
             z0 = raw.normalize(vqgan.encode_latent(to_x(imgs).to(device)))     # (B, 16, 8, 8)
             text_emb = encode_text(clip, captions, cfg.text_len)               # (B, 32, 128)
@@ -162,12 +175,15 @@ def train(args) -> None:
                           lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
-        if (step + 1) % args.sample_every == 0 or step + 1 == args.steps:
+        if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
+            common.to_cpu(ema, vqgan, clip)
             rows = [sample_images(ema, vqgan, clip, GRID_CAPTIONS, seed, args.grid_steps) for seed in range(3)]
             common.save_grid(rows, run_dir / f"samples_{step + 1:06d}.png")
+            ema.to(device), vqgan.to(device), clip.to(device)
 
     ema.eval()
+    common.to_cpu(ema, vqgan, clip)
     fit_preview_rgb(ema, vqgan, preview_images(args.seed))
     save_pretrained(ema, args.out)
     out = Path(args.out)
@@ -191,7 +207,8 @@ def main(argv=None) -> None:
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--prediction-type", default="v_prediction", choices=["epsilon", "v_prediction"],
                    help="v keeps x0 estimates sane at the noisiest steps, where eps-prediction amplifies errors")
-    p.add_argument("--init", help="a checkpoint.pt whose model weights to start from")
+    p.add_argument("--init", help="a checkpoint.pt whose model weights to start from, or an exported model folder "
+                                  "(its architecture and latent statistics too)")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
@@ -207,8 +224,6 @@ def main(argv=None) -> None:
 
 
 def fit_preview(args) -> None:
-    from pipelines.models.diffusion import from_pretrained
-
     torch.set_num_threads(args.threads)
     model, vqgan = from_pretrained(args.out), load_vqgan(args.vqgan).eval()
     fit_preview_rgb(model, vqgan, preview_images(args.seed))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import logging
 import shutil
@@ -49,6 +50,7 @@ from pipelines.models.diffusion import from_pretrained as load_diffusion
 from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
                                      decoder_cond, image_embedding, pack_cond, sampling_denoiser,
                                      save_pretrained)
+from pipelines.models.unclip import from_pretrained as load_unclip
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
 from pipelines.train.diffusion import SIZE, ema_update, latent_stats, min_snr_weight, regression_target, to_x
@@ -137,6 +139,9 @@ def train(args) -> None:
             log.info("decoder UNet initialised from %s", args.init_diffusion)
         else:
             model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+    if args.init:   # an exported prior or decoder: its architecture, statistics and weights
+        model = load_unclip(args.init, kind=args.part).train()
+        log.info("initial model %s", args.init)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("unCLIP %s with %d parameters", args.part, n_params)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -154,12 +159,11 @@ def train(args) -> None:
     T = raw.config.num_train_timesteps
     cache = decoder_cache(raw, vqgan, clip, args, run_dir) if args.part == "decoder" and args.cache else None
 
-    for step in range(start, args.steps):
+    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, cache is None),
+                                  start, args.steps, args.workers)
+    for step, (imgs, captions, rng) in zip(range(start, args.steps), batches):
         raw.train()
         common.set_lr(opt, step, args)
-        rng = common.batch_rng(args.seed, step)
-        if cache is None:
-            imgs, captions = shapes.sample_batch(args.batch, SIZE, rng)
         drop = torch.from_numpy(rng.random(args.batch) < args.cond_dropout)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         # 1. the clean sample and its conditioning
@@ -201,14 +205,19 @@ def train(args) -> None:
                           lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
-        if (step + 1) % args.sample_every == 0 or step + 1 == args.steps:
+        if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
+            common.to_cpu(ema, vqgan, clip)
             if args.part == "prior":
                 metrics.write(step + 1, **{f"eval_{k}": v for k, v in prior_metrics(ema, clip, max(2, args.eval_scenes // 4), args.seed).items()})
             else:
                 write_decoder_grid(ema, vqgan, clip, run_dir / f"samples_{step + 1:06d}.png", args)
+            for m in (ema, vqgan, clip):
+                if m is not None:
+                    m.to(device)
 
     ema.eval()
+    common.to_cpu(ema, vqgan, clip)
     save_pretrained(ema, args.out)
     out = Path(args.out)
     shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
@@ -221,6 +230,14 @@ def train(args) -> None:
     common.write_record(out, args, final, parameters=n_params, images_seen=args.steps * args.batch,
                         distinct_scenes=args.cache or args.steps * args.batch,
                         held_out_excluded=sorted(" ".join(p) for p in shapes.HELD_OUT))
+
+
+def draw_batch(seed: int, n: int, fresh: bool, step: int):
+    """One step's scenes and captions (None with a cache), and the step's generator, which goes on to
+    draw the dropped conditions."""
+    rng = common.batch_rng(seed, step)
+    imgs, captions = shapes.sample_batch(n, SIZE, rng) if fresh else (None, None)
+    return imgs, captions, rng
 
 
 @torch.no_grad()
@@ -266,6 +283,8 @@ def main(argv=None) -> None:
     p.add_argument("--text-cond", action="store_true", help="decoder: also read the caption's CLIP token states")
     p.add_argument("--text-dropout", type=float, default=0.5,
                    help="decoder with --text-cond: share of scenes shown without their caption")
+    p.add_argument("--init", default=None, help="an exported prior or decoder folder to start from (its "
+                   "architecture and weights; the size options are then ignored)")
     p.add_argument("--init-diffusion", default=None,
                    help="decoder: start from this diffusion-engine folder's UNet (sets widths, layers, target)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="share of empty captions / zeroed embeddings")
