@@ -199,7 +199,12 @@ def test_run_previews_downloads_and_load_settings(page, tab, tmp_path):
         assert time.time() - t0 < 180, f"no result in 180 s: {_status(page, tab)!r}"
         time.sleep(0.05)
     assert len(seen) >= 2, f"saw {len(seen)} distinct previews"
-    page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
+    final = page.locator(f"#{tab.p}_{tab.final} img").first
+    final.wait_for(state="visible")
+    # whole pictures: a thumbnail fits its cell (a min-width once made them overflow and get cropped)
+    fit, width, cell = final.evaluate("e => [getComputedStyle(e).objectFit, e.getBoundingClientRect().width, "
+                                      "e.parentElement.getBoundingClientRect().width]")
+    assert fit in ("contain", "fill") and width <= cell + 1, (tab.p, fit, width, cell)
     page.screenshot(path=str(_screenshot_dir() / f"{tab.p}.png"), full_page=True)
 
     # downloads: the PNG (with its settings) and the mp4

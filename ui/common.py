@@ -16,9 +16,10 @@ import gradio as gr
 from pipelines.presets import is_offline_capable
 from pipelines.registry import DeviceOutOfMemory, ModelUnavailable
 
-# small built-in images stay crisp when the browser enlarges them
+# small built-in images stay crisp when the browser enlarges them; single images (.pixelated) are
+# also shown at least 256 px wide, while gallery thumbnails (.crisp) keep the size of their cell
 CSS = """
-.pixelated img, .pixelated canvas { image-rendering: pixelated; image-rendering: crisp-edges; }
+.pixelated img, .pixelated canvas, .crisp img { image-rendering: pixelated; image-rendering: crisp-edges; }
 .pixelated img { min-width: 256px; object-fit: contain; }
 """
 

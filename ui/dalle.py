@@ -109,7 +109,7 @@ def build(registry, runs: RunStore) -> None:
             preview = gr.Image(label="Token grids filling (grey: not written yet)", type="pil", format="png",
                                interactive=False, elem_id="dal_preview", elem_classes="pixelated")
             final = gr.Gallery(label="Candidates, best first", format="png", interactive=False, elem_id="dal_final",
-                               elem_classes="pixelated", columns=4)
+                               elem_classes="crisp", columns=4, object_fit="contain")
             video = gr.Video(label="Progress video", elem_id="dal_video", interactive=False)
             files = gr.File(label="Downloads (PNGs at true size and enlarged, mp4)", file_count="multiple",
                             interactive=False, elem_id="dal_files")

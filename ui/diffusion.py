@@ -113,7 +113,7 @@ def build(registry, runs: RunStore) -> None:
                 x0 = gr.Image(label="x_0 predicted", type="pil", format="png", interactive=False,
                               elem_id="dif_x0", elem_classes="pixelated")
             final = gr.Gallery(label="Result", format="png", interactive=False, elem_id="dif_final",
-                               elem_classes="pixelated", columns=4)
+                               elem_classes="crisp", columns=4, object_fit="contain")
             strip = gr.Image(label="Trajectory (x_t above, x_0 below)", type="pil", format="png",
                              interactive=False, elem_id="dif_strip", elem_classes="pixelated")
             video = gr.Video(label="Progress video (x_t | x_0)", elem_id="dif_video", interactive=False)

@@ -142,7 +142,7 @@ def build(registry, runs: RunStore) -> None:
                 x0 = gr.Image(label="Decoder x_0 predicted", type="pil", format="png", interactive=False,
                               elem_id="unc_x0", elem_classes="pixelated")
             final = gr.Gallery(label="Result", format="png", interactive=False, elem_id="unc_final",
-                               elem_classes="pixelated", columns=4)
+                               elem_classes="crisp", columns=4, object_fit="contain")
             strip = gr.Image(label="Strip (decoder trajectory, or the interpolation)", type="pil", format="png",
                              interactive=False, elem_id="unc_strip", elem_classes="pixelated")
             video = gr.Video(label="Video (x_t | x_0, or the interpolation)", elem_id="unc_video", interactive=False)
