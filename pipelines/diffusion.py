@@ -139,11 +139,12 @@ def _decode(model, vqgan, z: torch.Tensor) -> torch.Tensor:
     return z.clamp(-1, 1)
 
 
-def _preview(model, vqgan, z: torch.Tensor) -> torch.Tensor:
+def _preview(model, vqgan, z: torch.Tensor, clean: bool = False) -> torch.Tensor:
     """Images for the previews: the latent model's cheap colour map enlarged to the image size (a decoder
-    pass costs about two guided steps), else the full decode."""
+    pass costs about two guided steps), else the full decode. Clean estimates (x0) are coloured by their
+    nearest VQGAN codes; noisy latents by the linear map, which shows the noise as noise."""
     if model.latent:
-        rgb = model.preview_rgb(z)
+        rgb = model.preview_clean(z, vqgan) if clean else model.preview_rgb(z)
         if rgb is not None:
             return torch.nn.functional.interpolate(rgb, scale_factor=vqgan.factor, mode="nearest")
     return _decode(model, vqgan, z)
@@ -207,8 +208,8 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         previews = {}
         if req.preview_every and (s.i % req.preview_every == 0 or done == total):
             with torch.no_grad():
-                both = _preview(model, vqgan, torch.cat([s.x_t, s.x0_pred]))
-            previews = {"x_t": _row(both[:B]), "x0_pred": _row(both[B:])}
+                previews = {"x_t": _row(_preview(model, vqgan, s.x_t)),
+                            "x0_pred": _row(_preview(model, vqgan, s.x0_pred, clean=True))}
         yield Step(ENGINE, "denoise", done, total, t=float(s.t), previews=previews,
                    elapsed_s=time.perf_counter() - t0)
         if should_stop():

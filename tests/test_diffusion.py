@@ -98,6 +98,28 @@ def test_text_to_image_streams_previews_and_is_reproducible(parts):
     assert not np.array_equal(np.asarray(other.images[0]), np.asarray(final.images[0]))
 
 
+def test_clean_previews_show_the_colours_the_decoder_will_draw(parts):
+    """The x0 preview colours each 8x8 cell by its nearest VQGAN code's mean colour: on real scenes'
+    latents it is far closer to the true cell colours than the linear map, and the engine's last x0
+    preview matches the finished picture's cells."""
+    from pipelines import shapes
+
+    model, vqgan = parts["diffusion"], parts["vqgan"]
+    assert len(model.config.preview_codes) == vqgan.codebook.shape[0]
+    x = torch.from_numpy(shapes.sample_batch(64, 32, np.random.default_rng(77))[0]).permute(0, 3, 1, 2) / 127.5 - 1
+    with torch.no_grad():
+        z = model.normalize(vqgan.encode_latent(x))
+        cells = torch.nn.functional.avg_pool2d(x, 4)
+        clean = (model.preview_clean(z, vqgan) - cells).abs().mean().item()
+        linear = (model.preview_rgb(z) - cells).abs().mean().item()
+    assert clean < 0.3 and clean < 0.7 * linear, (clean, linear)
+    events = _sample(parts, seed=5, steps=6, preview_every=1)
+    last = np.asarray(events[-2].previews["x0_pred"], dtype=float)            # (32, 32, 3), cells enlarged
+    final = np.asarray(events[-1].images[0], dtype=float)
+    cell_means = final.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3))
+    assert np.abs(last[::4, ::4] - cell_means).mean() < 0.15 * 255
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_each_sampler_runs_with_and_without_guidance(parts, sampler):
     for g in (1.0, 3.0):
