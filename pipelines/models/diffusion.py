@@ -140,10 +140,7 @@ class LatentDiffusion(nn.Module):
         as Stable Diffusion UIs preview latents. None when the config has no map (decode fully then)."""
         if not self.config.preview_rgb:
             return None
-        key = ("rgb", z.device, z.dtype)
-        if key not in self._preview_cache:
-            self._preview_cache[key] = torch.tensor(self.config.preview_rgb, device=z.device, dtype=z.dtype)
-        m = self._preview_cache[key]                                                   # (C + 1, 3)
+        m = self._preview_tensor("preview_rgb", z)                                    # (C + 1, 3)
         return (torch.einsum("bchw,cd->bdhw", z, m[:-1]) + m[-1].view(1, 3, 1, 1)).clamp(-1, 1)
 
     def preview_clean(self, z: torch.Tensor, vqgan) -> torch.Tensor | None:
@@ -152,16 +149,18 @@ class LatentDiffusion(nn.Module):
         error 0.24 against 0.41 on the built-in preset). Falls back to preview_rgb."""
         if not self.config.preview_codes or not hasattr(vqgan.quantize, "nearest"):
             return self.preview_rgb(z)
-        key = (z.device, z.dtype, id(vqgan))
-        if key not in self._preview_cache:   # made once: building these costs more than the lookup itself
-            e = vqgan.codebook.detach().to(z.device, z.dtype)                                  # (n_embed, C)
-            table = torch.tensor(self.config.preview_codes, device=z.device, dtype=z.dtype)   # (n_embed, 3)
-            self._preview_cache[key] = (table, e.t().contiguous(), e.pow(2).sum(1))
-        table, e_t, e2 = self._preview_cache[key]
-        B, C, H, W = z.shape
-        h = self.denormalize(z).permute(0, 2, 3, 1).reshape(-1, C)
-        idx = (e2 - 2 * h @ e_t).argmin(dim=1)   # the nearest code (|h|^2 is the same for every code)
+        table = self._preview_tensor("preview_codes", z)                               # (n_embed, 3)
+        B, _, H, W = z.shape
+        idx = vqgan.quantize.nearest(self.denormalize(z).to(vqgan.codebook.dtype))     # (B*H*W,)
         return table[idx].view(B, H, W, 3).permute(0, 3, 1, 2)
+
+    def _preview_tensor(self, name: str, z: torch.Tensor) -> torch.Tensor:
+        """The config's preview_rgb or preview_codes as a tensor beside z, made once per device and dtype
+        (building it from the config's tuples costs more than using it)."""
+        key = (name, z.device, z.dtype)
+        if key not in self._preview_cache:
+            self._preview_cache[key] = torch.tensor(getattr(self.config, name), device=z.device, dtype=z.dtype)
+        return self._preview_cache[key]
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """The network's prediction (eps) for z_t (B, C, 8, 8) at timesteps t (B,) given text_emb (B, T, D)."""

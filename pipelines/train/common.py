@@ -105,12 +105,12 @@ def step_batches(make, start: int, stop: int, workers: int = 0):
                                             collate_fn=_as_is))
 
 
-def to_cpu(*modules) -> None:
-    """Bring models back from the accelerator: exports, grids and evaluations run on the CPU, where
-    samplers' seeded generators live."""
+def place(device, *modules) -> None:
+    """Move models (None skipped). Exports, grids and evaluations run on the CPU, where the samplers'
+    seeded generators live, so GPU training brings its models back for them."""
     for m in modules:
         if m is not None:
-            m.cpu()
+            m.to(device)
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.05) -> float:

@@ -120,18 +120,18 @@ def train(args) -> None:
     # a resumed run reads the captions with the ids its first run learnt them with (saved in the run
     # dir), whatever train_tokenizer does now
     tok_path = run_dir / "tokenizer.json"
-    if args.resume and tok_path.exists():
-        from tokenizers import Tokenizer
-        tokenizer = Tokenizer.from_file(str(tok_path))
-    else:
-        tokenizer = train_tokenizer(n_captions=args.tokenizer_captions, seed=args.seed).backend_tokenizer
-        tokenizer.save(str(tok_path))
     if args.init:   # an exported model: its architecture, tokenizer and weights
         model = from_pretrained(args.init).train()
-        tokenizer, config = model.text.tok, model.config
-        tokenizer.save(str(tok_path))
+        config = model.config
+        model.text.tok.save(str(tok_path))
         log.info("initial model %s", args.init)
     else:
+        if args.resume and tok_path.exists():
+            from tokenizers import Tokenizer
+            tokenizer = Tokenizer.from_file(str(tok_path))
+        else:
+            tokenizer = train_tokenizer(n_captions=args.tokenizer_captions, seed=args.seed).backend_tokenizer
+            tokenizer.save(str(tok_path))
         config = DalleConfig(text_vocab=tokenizer.get_vocab_size(), text_len=args.text_len,
                              pad_id=tokenizer.token_to_id("<|endoftext|>"), n_layer=args.layers, n_embd=args.width,
                              n_head=args.heads)
@@ -170,14 +170,14 @@ def train(args) -> None:
             metrics.write(done, loss=loss.item(), lr=opt.param_groups[0]["lr"], sequences=done * args.batch,
                           seq_per_s=(done - start) * args.batch / (time.time() - t0), train_s=elapsed)
         if args.sample_every > 0 and (done % args.sample_every == 0 or done == args.steps):
-            common.to_cpu(raw, vqgan)
+            common.place("cpu", raw, vqgan)
             sample_grid(raw, vqgan, run_dir / f"samples_{done:06d}.png")
-            raw.to(device), vqgan.to(device)
+            common.place(device, raw, vqgan)
         if done % args.ckpt_every == 0 or done == args.steps:
             common.save_checkpoint(run_dir, done, raw, opt, {"seconds": seconds + time.time() - t0})
 
     raw.eval()
-    common.to_cpu(raw, vqgan)
+    common.place("cpu", raw, vqgan)
     save_pretrained(raw, args.out)
     result = evaluate(raw, vqgan, args.eval_scenes)
     sample_grid(raw, vqgan, Path(args.out) / "samples.png")

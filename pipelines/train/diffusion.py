@@ -130,9 +130,9 @@ def train(args) -> None:
     else:
         model = LatentDiffusion(cfg)
         model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
-    if args.init and not Path(args.init).is_dir():  # another run's weights (e.g. to switch the prediction target)
-        model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
-        log.info("initial weights from %s", args.init)
+        if args.init:  # another run's checkpoint.pt (e.g. to switch the prediction target)
+            model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True)["model"])
+            log.info("initial weights from %s", args.init)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("UNet with %d parameters; latent mean %s std %s", n_params,
              np.round(cfg.latent_mean, 2).tolist(), np.round(cfg.latent_std, 2).tolist())
@@ -177,13 +177,13 @@ def train(args) -> None:
             common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
         if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
-            common.to_cpu(ema, vqgan, clip)
+            common.place("cpu", ema, vqgan, clip)
             rows = [sample_images(ema, vqgan, clip, GRID_CAPTIONS, seed, args.grid_steps) for seed in range(3)]
             common.save_grid(rows, run_dir / f"samples_{step + 1:06d}.png")
-            ema.to(device), vqgan.to(device), clip.to(device)
+            common.place(device, ema, vqgan, clip)
 
     ema.eval()
-    common.to_cpu(ema, vqgan, clip)
+    common.place("cpu", ema, vqgan, clip)
     fit_preview_rgb(ema, vqgan, preview_images(args.seed))
     save_pretrained(ema, args.out)
     out = Path(args.out)

@@ -112,36 +112,42 @@ def prior_metrics(prior, clip, n: int, seed: int, steps: int = 16) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def new_model(args, clip, vqgan) -> DiffusionPrior | UnCLIPDecoder:
+    """A prior or decoder of the sizes the options give (the decoder maybe from the diffusion UNet)."""
+    emb_dim = clip.embed_dim
+    if args.part == "prior":
+        return DiffusionPrior(PriorConfig(embed_dim=emb_dim, text_dim=clip.model.config.text_config.hidden_size,
+                                          text_len=clip.context_length, n_layer=args.layers, n_head=args.heads,
+                                          n_embd=args.width, clip=Path(args.clip).name))
+    base = load_diffusion(args.init_diffusion) if args.init_diffusion else None
+    if base is not None:   # the text-to-image model's architecture, schedule and latent statistics
+        args.channels = ",".join(str(c) for c in base.config.block_out_channels)
+        args.layers, args.prediction_type = base.config.layers_per_block, base.config.prediction_type
+    model = UnCLIPDecoder(DecoderConfig(
+        block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
+        latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
+        text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
+        vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens,
+        prediction_type=args.prediction_type, text_cond=args.text_cond))
+    if base is not None:
+        model.init_from_diffusion(base)
+        log.info("decoder UNet initialised from %s", args.init_diffusion)
+    else:
+        model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+    return model
+
+
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, f"unclip_{args.part}")
     clip = load_clip(args.clip).eval().requires_grad_(False)
     vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False) if args.part == "decoder" else None
-    emb_dim = clip.embed_dim
-    if args.part == "prior":
-        model = DiffusionPrior(PriorConfig(embed_dim=emb_dim, text_dim=clip.model.config.text_config.hidden_size,
-                                           text_len=clip.context_length, n_layer=args.layers, n_head=args.heads,
-                                           n_embd=args.width, clip=Path(args.clip).name))
-    else:
-        base = load_diffusion(args.init_diffusion) if args.init_diffusion else None
-        if base is not None:   # the text-to-image model's architecture, schedule and latent statistics
-            args.channels = ",".join(str(c) for c in base.config.block_out_channels)
-            args.layers, args.prediction_type = base.config.layers_per_block, base.config.prediction_type
-        if args.text_cond and args.cache:
-            raise SystemExit("--text-cond needs the captions of fresh scenes: drop --cache")
-        model = UnCLIPDecoder(DecoderConfig(
-            block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
-            latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
-            text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
-            vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens,
-            prediction_type=args.prediction_type, text_cond=args.text_cond))
-        if base is not None:
-            model.init_from_diffusion(base)
-            log.info("decoder UNet initialised from %s", args.init_diffusion)
-        else:
-            model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
+    if args.part == "decoder" and args.text_cond and args.cache:
+        raise SystemExit("--text-cond needs the captions of fresh scenes: drop --cache")
     if args.init:   # an exported prior or decoder: its architecture, statistics and weights
         model = load_unclip(args.init, kind=args.part).train()
         log.info("initial model %s", args.init)
+    else:
+        model = new_model(args, clip, vqgan)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("unCLIP %s with %d parameters", args.part, n_params)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -207,17 +213,15 @@ def train(args) -> None:
             common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
         if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
-            common.to_cpu(ema, vqgan, clip)
+            common.place("cpu", ema, vqgan, clip)
             if args.part == "prior":
                 metrics.write(step + 1, **{f"eval_{k}": v for k, v in prior_metrics(ema, clip, max(2, args.eval_scenes // 4), args.seed).items()})
             else:
                 write_decoder_grid(ema, vqgan, clip, run_dir / f"samples_{step + 1:06d}.png", args)
-            for m in (ema, vqgan, clip):
-                if m is not None:
-                    m.to(device)
+            common.place(device, ema, vqgan, clip)
 
     ema.eval()
-    common.to_cpu(ema, vqgan, clip)
+    common.place("cpu", ema, vqgan, clip)
     save_pretrained(ema, args.out)
     out = Path(args.out)
     shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
