@@ -1,4 +1,5 @@
 """The training commands run, resume, and export weights the app's loaders read (tiny step counts)."""
+import math
 import json
 import os
 
@@ -96,7 +97,36 @@ def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):
     assert clip.encode_text(["a red circle"]).shape == (1, 128)
     assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 128)
     assert set(json.loads((out / "train.json").read_text())["metrics"]) == {
-        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc"}
+        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc", "shape_acc"}
+
+
+def test_shape_swapped_captions_differ_in_one_shape_only_and_stay_seen_pairs():
+    import numpy as np
+
+    from pipelines import shapes
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        scene = shapes.random_scene(rng)
+        swapped = shapes.parse_caption(train_clip.swap_shape(scene.caption(), rng))
+        changed = [(a, b) for a, b in zip(scene.objects, swapped.objects) if a != b]
+        assert len(changed) == 1
+        (a, b), = changed
+        assert a.color == b.color and a.size == b.size and a.shape != b.shape
+        assert (b.color, b.shape) not in shapes.HELD_OUT
+        assert (swapped.position, swapped.relation, swapped.background) == (scene.position, scene.relation,
+                                                                              scene.background)
+
+
+def test_clip_trains_with_shape_negatives(tmp_path):
+    """Each caption's shape-swapped caption and picture join the loss (fragments without an object have none)."""
+    out = tmp_path / "clip"
+    train_clip.main(["--out", str(out), "--run-dir", str(tmp_path / "run"), "--steps", "2", "--batch", "8",
+                     "--shape-negatives", "--fragments", "0.5", "--hard-negatives", "--log-every", "1",
+                     "--sample-every", "100"])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
 def test_worker_processes_draw_the_same_batches_in_the_same_order():

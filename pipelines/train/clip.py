@@ -128,7 +128,32 @@ def evaluate(clip: CLIP, rounds: int = 5) -> dict:
         true = F.normalize(clip.encode_text([sc.caption() for sc, _ in pairs]), dim=-1)
         swap = F.normalize(clip.encode_text([w for _, w in pairs]), dim=-1)
     out["binding_acc"] = round(float(((img * true).sum(-1) > (img * swap).sum(-1)).float().mean()), 3)
+    out["shape_acc"] = shape_accuracy(clip, np.random.default_rng([EVAL_SEED, 98]))
     return out
+
+
+@torch.no_grad()
+def shape_accuracy(clip: CLIP, rng: np.random.Generator, n: int = 200) -> float:
+    """How often an image prefers its full caption to the same caption with one object's shape changed.
+    Colour, background and layout say nothing here: only the shape tells the two apart (chance 50 %)."""
+    scenes = [shapes.full_caption_scene(rng) for _ in range(n)]
+    swapped = [swap_shape(s.caption(), rng) for s in scenes]
+    imgs = np.stack([np.asarray(shapes.render(s, SIZE, rng)) for s in scenes])
+    img = F.normalize(clip.encode_image(to_pixels(imgs)), dim=-1)
+    true = F.normalize(clip.encode_text([s.caption() for s in scenes]), dim=-1)
+    swap = F.normalize(clip.encode_text(swapped), dim=-1)
+    return round(float(((img * true).sum(-1) > (img * swap).sum(-1)).float().mean()), 3)
+
+
+def swap_shape(caption: str, rng: np.random.Generator) -> str:
+    """The same caption with one object's shape changed to another (never to a held-out colour+shape
+    pair): a caption only the shape tells apart from the original."""
+    scene = shapes.parse_caption(caption)
+    objs = list(scene.objects)
+    k = int(rng.integers(len(objs)))
+    choices = [s for s in shapes.SHAPES if s != objs[k].shape and (objs[k].color, s) not in shapes.HELD_OUT]
+    objs[k] = shapes.ObjectSpec(objs[k].color, choices[int(rng.integers(len(choices)))], objs[k].size)
+    return shapes.Scene(tuple(objs), scene.position, scene.relation, scene.background).caption()
 
 
 def swap_colours(caption: str, rng: np.random.Generator) -> str | None:
@@ -181,11 +206,8 @@ def train(args) -> None:
     vqgan = from_pretrained(args.vqgan).eval().requires_grad_(False) if args.vqgan else None
     augment = MakeCutouts(SIZE, 1, method="latest", augments=("Af", "Pe"), noise_fac=0.0) if args.augment else None
 
-    for step in range(start, args.steps):
-        raw.train()
-        common.set_lr(opt, step, args)
-        imgs, captions = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
-        pixels = to_pixels(imgs)
+    def show(pixels):
+        """What CLIP is shown of rendered pixels: VQGAN reconstructions, cutout jitter, mild noise."""
         if vqgan is not None:  # half the images as the VQGAN draws them: all VQGAN+CLIP ever shows CLIP
             with torch.no_grad():
                 half = len(pixels) // 2
@@ -193,24 +215,61 @@ def train(args) -> None:
         if augment is not None:  # the affine and perspective jitter of the cutouts, one draw per image
             with torch.no_grad():
                 pixels = augment.augment_batch(pixels, gen)
-        # 1. mild noise, like the cutouts of VQGAN+CLIP see
-        pixels = pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
-        # 2. symmetric InfoNCE over the batch, plus colour-swapped captions as extra negatives for the images
+        # mild noise, like the cutouts of VQGAN+CLIP see
+        return pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
+
+    skipped = 0
+    for step in range(start, args.steps):
+        raw.train()
+        common.set_lr(opt, step, args)
+        imgs, captions = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
+        pixels = show(to_pixels(imgs))
+        # 1. colour-swapped captions as extra negatives for every image; some captions cut to one part
         rng = common.batch_rng(args.seed + 1, step)
         negatives = [n for n in (swap_colours(c, rng) for c in captions) if n and n not in captions] if args.hard_negatives else []
-        if args.fragments:  # some captions become one of their parts
+        if args.fragments:
             captions = [fragment(c, rng) if rng.random() < args.fragments else c for c in captions]
             negatives = [n for n in negatives if n not in captions]
+        B = len(captions)
+        # 2. shape negatives: each caption with one shape changed, and a picture of that changed caption.
+        # Each is a negative for its own row alone (it may well fit another caption of the batch).
+        # Parts without an object ("at the top") have none: their column is masked.
+        shape_neg, has_object = [], []
+        if args.shape_negatives:
+            srng = common.batch_rng(args.seed + 2, step)
+            for c in captions:
+                has_object.append(c.startswith("a "))  # object phrases come first and start with "a"
+                shape_neg.append(swap_shape(c, srng) if has_object[-1] else None)
+            if any(has_object):
+                pixels = torch.cat([pixels, show(to_pixels(np.stack([
+                    np.asarray(shapes.render(shapes.parse_caption(c), SIZE, srng)) for c in shape_neg if c])))])
+        # 3. symmetric InfoNCE over the batch with the extra negatives
+        scale = raw.model.logit_scale.exp().clamp(max=100)
         img = F.normalize(raw.encode_image(pixels.to(accelerator.device)), dim=-1)
-        txt = F.normalize(raw.encode_text(captions + negatives), dim=-1)
-        logits = raw.model.logit_scale.exp().clamp(max=100) * img @ txt.t()  # (B, B + negatives)
+        txt = F.normalize(raw.encode_text(captions + negatives + [c for c in shape_neg if c]), dim=-1)
+        logits = scale * img[:B] @ txt[:B + len(negatives)].t()  # (B, B + negatives)
+        i2t, t2i = logits, logits[:, :B].t()
+        if args.shape_negatives:
+            rows = torch.tensor(has_object)
+            own_txt = torch.full((B,), -1e4)  # masked (finite: a soft target of 0 times -inf is NaN)
+            own_img = torch.full((B,), -1e4)
+            own_txt[rows] = scale * (img[:B][rows] * txt[B + len(negatives):]).sum(-1)
+            own_img[rows] = scale * (txt[:B][rows] * img[B:]).sum(-1)
+            i2t, t2i = torch.cat([i2t, own_txt[:, None]], 1), torch.cat([t2i, own_img[:, None]], 1)
         # identical captions in one batch are true matches too: spread the target over them
         same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
         target = same / same.sum(1, keepdim=True)
-        target_i2t = torch.cat([target, torch.zeros(len(captions), len(negatives))], dim=1)
-        loss = (F.cross_entropy(logits, target_i2t) + F.cross_entropy(logits[:, :len(captions)].t(), target)) / 2
+        pad = lambda t, n: torch.cat([t, torch.zeros(B, n)], dim=1)
+        loss = (F.cross_entropy(i2t, pad(target, i2t.shape[1] - B)) + F.cross_entropy(t2i, pad(target, t2i.shape[1] - B))) / 2
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), float("inf"))  # measures, clips nothing
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            # one bad batch must not poison the weights (a run went NaN between steps 850 and 900)
+            skipped += 1
+            log.warning("step %d: loss %s, gradient norm %s: step skipped (%d so far)", step + 1, loss.item(),
+                        grad_norm.item(), skipped)
+            continue
         opt.step()
         if (step + 1) % args.log_every == 0:
             acc = (logits[:, :len(captions)].argmax(1) == torch.arange(len(logits))).float().mean()
@@ -235,6 +294,8 @@ def main(argv=None) -> None:
     p.add_argument("--vqgan", help="a VQGAN folder: half of each batch is shown as this VQGAN reconstructs it")
     p.add_argument("--augment", action="store_true", help="affine + perspective jitter as VQGAN+CLIP cutouts have")
     p.add_argument("--hard-negatives", action="store_true", help="colour-swapped captions as extra negatives")
+    p.add_argument("--shape-negatives", action="store_true",
+                   help="each caption with one shape changed, and a picture of it, as extra negatives")
     p.add_argument("--fragments", type=float, default=0.0, help="share of captions replaced by one of their parts")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "pipelines.train.clip", argv)
