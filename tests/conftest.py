@@ -44,6 +44,12 @@ def served_app():
         app.demo.close()
 
 
+def shown(value) -> bool:
+    """Whether a gradio_client output holds a value: an update the handler skipped (gr.skip())
+    reaches the client as the truthy dict {'__type__': 'update'}, which is not a value."""
+    return bool(value) and not (isinstance(value, dict) and value.get("__type__") == "update")
+
+
 def wait_for_outputs(job, n: int, timeout: float = 60) -> None:
     """Poll a gradio_client job until it has yielded n outputs (or timeout seconds pass)."""
     import time

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipelines import media
-from tests.conftest import reload_page, wait_for_outputs
+from tests.conftest import reload_page, shown, wait_for_outputs
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_endpoints(client):
 
 def test_run_streams_previews_and_ends_with_png_and_video(client):
     outs = list(client.submit(*args(), api_name="/vqgan_clip"))
-    previews = [o for o in outs if o[0]]
+    previews = [o for o in outs if shown(o[0])]
     assert len(previews) >= 3  # previews at iterations 0, 2, 4 and the final image
     preview, status, final, video, files, settings = outs[-1]
     assert status.startswith("**Done**")
@@ -72,11 +72,11 @@ def test_a_reloaded_page_finds_its_run_again(client, tmp_path):
     job = client.submit(*args(iterations=400), browser, api_name="/vqgan_clip")
     page = reload_page(client, job, tmp_path, after_outputs=2)   # the first page goes: the run goes on
     stranger = list(page.submit("fedcba9876543210", api_name="/vqgan_clip_resume"))
-    assert not any(o[0] for o in stranger)     # another browser sees nothing of it
+    assert not any(shown(o[0]) for o in stranger)     # another browser sees nothing of it
     resumed = page.submit(browser, api_name="/vqgan_clip_resume")
     wait_for_outputs(resumed, 2)
     first = resumed.outputs()[0]
-    assert first[0] and first[1].startswith("**Iteration")   # the latest preview at once, then live ones
+    assert shown(first[0]) and first[1].startswith("**Iteration")   # the latest preview at once, then live ones
     page.predict(browser, api_name="/vqgan_clip_stop")
     final = resumed.result(timeout=60)
     assert final[1].startswith("**Stopped**") and final[5]["iterations_done"] > 2

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipelines import media
-from tests.conftest import reload_page, wait_for_outputs
+from tests.conftest import reload_page, shown, wait_for_outputs
 
 PROMPT = "a large yellow diamond above a small blue circle"
 
@@ -41,7 +41,7 @@ def test_endpoints(client):
 
 def test_grid_fills_row_by_row_and_candidates_come_ranked(client):
     outs = list(client.submit(*args(), api_name="/dalle"))
-    previews = [o for o in outs if o[0]]
+    previews = [o for o in outs if shown(o[0])]
     assert len(previews) >= 8  # one per token row, then the final sheet
     preview, status, gallery, video, files, settings = outs[-1]
     assert status.startswith("**Done**") and "ranked by CLIP" in status

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from pipelines import media
-from tests.conftest import reload_page, wait_for_outputs
+from tests.conftest import reload_page, shown, wait_for_outputs
 from tests.test_ui import client  # noqa: F401  (the app on a free port, one per module)
 
 
@@ -30,7 +30,7 @@ def test_endpoints(client):
 
 def test_run_streams_x_t_and_x0_and_ends_with_pictures_strip_and_video(client):
     outs = list(client.submit(*args(batch=2), api_name="/diffusion"))
-    previews = [o for o in outs if o[0] and o[1]]
+    previews = [o for o in outs if shown(o[0]) and shown(o[1])]
     assert len(previews) >= 4  # x_t and x0 at every one of the 4 steps
     x_t, x0, status, gallery, strip, video, files, settings = outs[-1]
     assert status.startswith("**Done**") and "4 of 4 steps" in status

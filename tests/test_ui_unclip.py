@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines import media, shapes
+from tests.conftest import shown
 
 PROMPT = "a red circle above a blue square"
 SHARED = ["DDIM", 4, 2.0, "DPM-Solver++", 4, 3.0, 0, 1]   # prior sampler, steps, guidance; decoder ...; seed, preview
@@ -52,7 +53,7 @@ def test_endpoints(client):
 def test_text_to_image_shows_the_prior_pick_and_the_decoder_steps(client):
     outs = list(client.submit(*text_args(), api_name="/unclip"))
     assert any("nearest to" in (o[1] or "") for o in outs)          # the prior's estimate, by captions
-    assert sum(1 for o in outs if o[2]) >= 4                          # x_t previews, one per decoder step
+    assert sum(1 for o in outs if shown(o[2])) >= 4                          # x_t previews, one per decoder step
     status, prior, x_t, x0, gallery, strip, video, files, settings = outs[-1]
     assert status.startswith("**Done**") and "prior's pick" in prior
     assert len(gallery) == 1 and video.endswith(".mp4") and Image.open(strip).width > Image.open(strip).height
@@ -104,7 +105,7 @@ def test_an_unreadable_picture_to_vary_is_a_clear_message(client, tmp_path):
 def test_stop_keeps_what_was_made(client):
     job = client.submit(*text_args(steps=400), api_name="/unclip")
     t0 = time.time()
-    while not any(o[2] for o in job.outputs()) and time.time() - t0 < 60:   # the decoder has begun
+    while not any(shown(o[2]) for o in job.outputs()) and time.time() - t0 < 60:   # the decoder has begun
         time.sleep(0.05)
     client.predict("", api_name="/unclip_stop")
     final = job.result(timeout=60)
