@@ -137,7 +137,9 @@ def test_synth_matches_vqgan_clip_golden(model):
     out = clamp_with_grad(model.decoder(model.post_quant_conv(z_q)).add(1).div(2), 0, 1)
     torch.testing.assert_close(out, g["synth_out"], atol=ATOL, rtol=0)
     (out * w).sum().backward()
-    torch.testing.assert_close(z.grad, g["synth_grad_z"], atol=ATOL, rtol=0)
+    # the gradient sums 6144 weighted pixels back through the decoder (|grad| up to 3.9): float32 kernels of
+    # another CPU (AVX-512 here, 1 thread) land up to 1.1e-5 away, so the bound also scales with the value
+    torch.testing.assert_close(z.grad, g["synth_grad_z"], atol=ATOL, rtol=1e-5)
     # 2. our decode() makes z_q contiguous first; oneDNN then picks another kernel (|grad| up to 3.9)
     z.grad = None
     out = clamp_with_grad(model.decode(vector_quantize(z.movedim(1, 3), model.codebook).movedim(3, 1)).add(1).div(2), 0, 1)
