@@ -236,6 +236,47 @@ def test_tiny_clip_loads_and_status_rows(clip_dir):
     assert set(reg.status()[0]) >= {"key", "kind", "device", "dtype", "size_mb", "in_use", "last_used_s_ago"}
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_clip_image_embedding_equals_transformers_with_its_gradient(clip_dir, layers):
+    """encode_image's own pass over the vision tower (the last layer for the class token only) gives
+    transformers' get_image_features and the same gradient to the pixels; in training mode it is transformers'."""
+    import torch.nn.functional as F
+
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip(clip_dir / "tiny-clip")
+    if layers > 1:  # a deeper tower with fresh weights, so that the class-token-only layer sits after others
+        from transformers import CLIPConfig, CLIPModel
+
+        cfg = clip.model.config.to_dict()
+        cfg["vision_config"]["num_hidden_layers"] = layers
+        torch.manual_seed(1)
+        clip.model = CLIPModel(CLIPConfig(**{k: cfg[k] for k in ("text_config", "vision_config", "projection_dim")}))
+        clip.model.eval()
+    pixels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def embedding_and_grad(fn):
+        x = pixels.clone().requires_grad_(True)
+        e = fn(x)
+        (e * torch.linspace(-1, 1, e.shape[1])).sum().backward()
+        return e.detach(), x.grad
+
+    def reference(x):
+        normed = (x - clip.mean) / clip.std
+        return clip.model.get_image_features(pixel_values=normed).pooler_output
+
+    ours, ours_grad = embedding_and_grad(clip.encode_image)
+    ref, ref_grad = embedding_and_grad(reference)
+    assert torch.allclose(ours, ref, atol=1e-5) and torch.allclose(ours_grad, ref_grad, atol=1e-6)
+    assert F.cosine_similarity(ours_grad.flatten(), ref_grad.flatten(), dim=0) > 0.9999
+    clip.model.train()
+    called = []
+    handle = clip.model.vision_model.register_forward_hook(lambda *a: called.append(1))
+    clip.encode_image(pixels)
+    handle.remove()
+    assert called == [1]            # training runs transformers' own forward (dropout and all)
+
+
 def test_describe_for_run_metadata(weights):
     reg = Registry(device="cpu", weights_dir=weights)
     spec = ComponentSpec("vqgan", "builtin", "tiny-taming")

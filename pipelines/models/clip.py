@@ -64,7 +64,9 @@ class CLIP(nn.Module):
         assert pixels.shape[-2:] == (self.image_size, self.image_size), (
             f"CLIP expects {self.image_size}x{self.image_size} input, got {tuple(pixels.shape[-2:])}")
         x = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
-        return self.model.get_image_features(pixel_values=x.to(self.model.dtype)).pooler_output.float()
+        if self.model.training:  # dropout and the rest of transformers' training path
+            return self.model.get_image_features(pixel_values=x.to(self.model.dtype)).pooler_output.float()
+        return _image_features(self.model, x.to(self.model.dtype)).float()
 
     def resize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Bicubic resize (with antialiasing) to the model's input size."""
@@ -79,6 +81,35 @@ class CLIP(nn.Module):
         img = F.normalize(self.encode_image(self.resize(pixels)), dim=-1)
         txt = F.normalize(self.encode_text(texts), dim=-1)
         return img @ txt.t()
+
+
+def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """`model.get_image_features(pixel_values).pooler_output` of an eval-mode CLIPModel, equal to float rounding,
+    for less work: the vision tower's modules are called directly (no output capturing or attention dispatch),
+    and the last layer runs only for the class token, the one position the embedding reads (its queries,
+    attention output and MLP skip the patch tokens). Forward and backward, measured on 2 CPU threads: 50 -> 34 ms
+    for 16 cutouts through the 4-layer shapes CLIP (the VQGAN+CLIP loop's main cost), 1.35 -> 1.11 s for 8
+    through ViT-B/32."""
+    vm = model.vision_model
+    emb = vm.embeddings
+    B = pixel_values.shape[0]
+    x = emb.patch_embedding(pixel_values.to(emb.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+    x = torch.cat([emb.class_embedding.to(x.dtype).expand(B, 1, -1), x], dim=1) + emb.position_embedding.weight
+    x = vm.pre_layrnorm(x)
+    layers = vm.encoder.layers
+    for i, layer in enumerate(layers):
+        last = i == len(layers) - 1
+        att = layer.self_attn
+        h = layer.layer_norm1(x)
+        heads = (B, -1, att.num_heads, att.head_dim)
+        q = att.q_proj(h[:, :1] if last else h).view(heads).transpose(1, 2)
+        k = att.k_proj(h).view(heads).transpose(1, 2)
+        v = att.v_proj(h).view(heads).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v, scale=att.scale)
+        a = att.out_proj(a.transpose(1, 2).reshape(B, q.shape[2], -1))
+        x = (x[:, :1] if last else x) + a
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return model.visual_projection(vm.post_layernorm(x[:, 0]))
 
 
 def load_clip(name_or_path: str | Path, local_files_only: bool = True) -> CLIP:
