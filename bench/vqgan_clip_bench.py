@@ -9,14 +9,20 @@ quantisation, the "latest" cutouts pooled once per cutout, a PNG written to disk
 iteration for the video (`-vid`), a check-in every `display_freq` iterations that
 decodes z again, and ffmpeg (libx264, -preset veryslow) over the PNGs at the end.
 Atelier's loop is `pipelines.vqgan_clip.optimise` with previews every N iterations
-fed to the in-memory H.264 writer.
+fed to the in-memory H.264 writer; its CLIP runs the vision tower's last layer for the
+class token only (`pipelines.models.clip._image_features`), where the reference runs
+transformers' `get_image_features` on every token.
 
 Cases:
   shapes    the built-in shapes preset (32 px, the committed weights)
   imagenet  256x256 with random-init models of the real architectures: the ImageNet
             f16 16384 VQGAN and CLIP ViT-B/32 (random weights are fine for timing)
 Each case runs in its own process so its peak resident memory is its own.
-Prints iterations/s of both loops, their ratio, the preview+video overhead and peak RSS.
+Prints iterations/s of both loops, their ratio, the preview+video overhead (the time the run
+spends making previews and feeding them to the video writer, timed inside the run: the
+difference of two whole runs was lost in this machine's +-10 % noise) and peak RSS, and
+Atelier's loop again at float32: its default precision "auto" uses bfloat16 autocast for the
+decoder and CLIP passes on a CPU with native bfloat16, where their images are 64x64 or larger.
 """
 from __future__ import annotations
 
@@ -83,7 +89,9 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
         cuts = torch.cat([pooled(out) for _ in range(cutn)])
         cuts = augment.augment_batch(cuts) if augments else cuts
         cuts = cuts + torch.rand(cutn, 1, 1, 1) * 0.1 * torch.randn_like(cuts)
-        iii = clip.encode_image(cuts).float()
+        # perceptor.encode_image(normalize(cuts)): the whole vision tower through transformers
+        pixels = ((cuts - clip.mean) / clip.std).to(clip.model.dtype)
+        iii = clip.model.get_image_features(pixel_values=pixels).pooler_output.float()
         loss = sum(p(iii) for p in prompts)
         frame = (out[0].detach().clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
         imageio.imwrite(steps / f"{i}.png", frame)  # -vid: one PNG per iteration
@@ -113,7 +121,9 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
 # ---------------------------------------------------------------------------
 
 
-def atelier_loop(vqgan, clip, prompt, W, H, iters, cutn, augments, preview_every, out_dir: Path) -> float:
+def atelier_loop(vqgan, clip, prompt, W, H, iters, cutn, augments, preview_every, out_dir: Path,
+                 precision: str = "auto") -> tuple[float, float]:
+    """Iterations/s, and the share of the run's time spent making previews and writing the video."""
     import torch
 
     from pipelines import media
@@ -121,15 +131,33 @@ def atelier_loop(vqgan, clip, prompt, W, H, iters, cutn, augments, preview_every
     from pipelines.vqgan_clip import VQGANCLIPRequest, optimise
 
     req = VQGANCLIPRequest(prompt=prompt, width=W, height=H, iterations=iters, cutn=cutn, augments=tuple(augments),
-                           preview_every=preview_every)
-    t0 = time.perf_counter()
-    writer = media.VideoWriter(out_dir / "atelier.mp4", fps=10) if preview_every else None
-    for ev in optimise(req, vqgan, clip, torch.device("cpu")):
-        if writer and isinstance(ev, Step) and "current" in ev.previews:
-            writer.append(ev.previews["current"])
-    if writer:
-        writer.close()
-    return iters / (time.perf_counter() - t0)
+                           preview_every=preview_every, precision=precision)
+    spent = [0.0]
+    to_pil = media.to_pil
+
+    def timed(fn):
+        def inner(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return inner
+
+    media.to_pil = timed(to_pil)   # the engine makes each preview with it
+    try:
+        t0 = time.perf_counter()
+        writer = media.VideoWriter(out_dir / "atelier.mp4", fps=10) if preview_every else None
+        append = timed(writer.append) if writer else None
+        for ev in optimise(req, vqgan, clip, torch.device("cpu")):
+            if writer and isinstance(ev, Step) and "current" in ev.previews:
+                append(ev.previews["current"])
+        if writer:
+            timed(writer.close)()
+        total = time.perf_counter() - t0
+    finally:
+        media.to_pil = to_pil
+    return iters / total, spent[0] / total
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +189,10 @@ def load_models(case: str):
     return vqgan, CLIP(clip_model, tok), 256
 
 
-def run_case(case: str, iters: int, cutn: int, threads: int) -> dict:
+def run_case(case: str, iters: int, cutn: int, threads: int, repeats: int = 2) -> dict:
     import torch
+
+    from pipelines.registry import compute_dtype, native_bfloat16
 
     torch.set_num_threads(threads)
     vqgan, clip, side = load_models(case)
@@ -172,45 +202,56 @@ def run_case(case: str, iters: int, cutn: int, threads: int) -> dict:
         tmp = Path(tmp)
         # warm-up, then alternate so both loops see the same machine load
         atelier_loop(vqgan, clip, prompt, side, side, 2, cutn, augments, 0, tmp)
-        ref, ours, bare = [], [], []
-        for _ in range(2):
+        ref, ours, fp32 = [], [], []
+        for _ in range(repeats):
             ref.append(reference_loop(vqgan, clip, prompt, side, side, iters, cutn, augments, 50, tmp / "ref"))
             ours.append(atelier_loop(vqgan, clip, prompt, side, side, iters, cutn, augments, 10, tmp))
-            bare.append(atelier_loop(vqgan, clip, prompt, side, side, iters, cutn, augments, 0, tmp))
-    r, o, b = max(ref), max(ours), max(bare)
+            fp32.append(atelier_loop(vqgan, clip, prompt, side, side, iters, cutn, augments, 10, tmp, "float32")[0])
+    r, f = max(ref), max(fp32)
+    o, share = max(ours)   # the fastest run, and its preview+video share
+    cpu = torch.device("cpu")
+    used = {"decoder": str(compute_dtype(cpu, "auto", side * side)).removeprefix("torch."),
+            "clip": str(compute_dtype(cpu, "auto", clip.image_size ** 2)).removeprefix("torch.")}
     return {"case": case, "size": f"{side}x{side}", "iters": iters, "cutn": cutn, "threads": threads,
+            "native_bf16": native_bfloat16(cpu), "auto_precision": used,
             "reference_it_s": round(r, 3), "atelier_it_s": round(o, 3), "speedup": round(o / r, 2),
-            "preview_video_overhead_pct": round(100 * (b / o - 1), 1),
+            "atelier_float32_it_s": round(f, 3), "speedup_float32": round(f / r, 2),
+            "preview_video_overhead_pct": round(100 * share, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", choices=["shapes", "imagenet", "all"], default="all")
-    ap.add_argument("--iters", type=int, default=None, help="default: 60 for shapes, 3 for imagenet")
+    ap.add_argument("--iters", type=int, default=None, help="default: 150 for shapes, 3 for imagenet")
     ap.add_argument("--cutn", type=int, default=None, help="default: 16 for shapes, 8 for imagenet")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("ATELIER_THREADS", "2")))
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each loop, alternating; the fastest counts")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        iters = a.iters or (60 if a.case == "shapes" else 3)
+        iters = a.iters or (150 if a.case == "shapes" else 3)
         cutn = a.cutn or (16 if a.case == "shapes" else 8)
-        print(json.dumps(run_case(a.case, iters, cutn, a.threads)))
+        print(json.dumps(run_case(a.case, iters, cutn, a.threads, a.repeats)))
         return
     cases = ["shapes", "imagenet"] if a.case == "all" else [a.case]
     rows = []
     for case in cases:
-        cmd = [sys.executable, __file__, "--child", "--case", case, "--threads", str(a.threads)]
+        cmd = [sys.executable, __file__, "--child", "--case", case, "--threads", str(a.threads),
+               "--repeats", str(a.repeats)]
         cmd += ["--iters", str(a.iters)] if a.iters else []
         cmd += ["--cutn", str(a.cutn)] if a.cutn else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| case | size | reference it/s | Atelier it/s | ratio | preview+video overhead | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| case | size | precision (auto) | reference it/s | Atelier it/s | ratio | Atelier float32 it/s | ratio "
+          "| preview+video overhead | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['size']} | {r['reference_it_s']} | {r['atelier_it_s']} | {r['speedup']}x | "
-              f"{r['preview_video_overhead_pct']} % | {r['peak_rss_mb']} MB |")
+        prec = "decoder {decoder}, CLIP {clip}".format(**r["auto_precision"])
+        print(f"| {r['case']} | {r['size']} | {prec} | {r['reference_it_s']} | {r['atelier_it_s']} | {r['speedup']}x | "
+              f"{r['atelier_float32_it_s']} | {r['speedup_float32']}x | {r['preview_video_overhead_pct']} % | "
+              f"{r['peak_rss_mb']} MB |")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,45 @@ def pick_device(override: str | torch.device | None = None) -> torch.device:
     return device
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), where autocast
+    roughly halves the time of large convolutions and matmuls; without it bfloat16 is emulated, and slower."""
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume the safe answer
+        return False
+
+
+AUTO_BF16_MIN_PIXELS = 64 * 64   # below this per-image size the casts cost more than bfloat16 saves
+
+
+def compute_dtype(device: torch.device, precision: str = "auto", pixels: int | None = None) -> torch.dtype:
+    """The autocast dtype for a heavy pass over images of `pixels` pixels each: `precision` itself, or for
+    "auto" bfloat16 on a CPU with native bfloat16 when the images are at least AUTO_BF16_MIN_PIXELS, and
+    float32 otherwise (tiny passes are dominated by per-operation costs; on a GPU the registry already
+    keeps CLIP in float16)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    if precision == "auto":
+        big = pixels is None or pixels >= AUTO_BF16_MIN_PIXELS
+        return torch.bfloat16 if big and native_bfloat16(device) else torch.float32
+    return getattr(torch, precision)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """A fresh autocast context for `dtype` on `device` (a no-op context for float32)."""
+    from contextlib import nullcontext
+
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def weights_id(path: str | Path, chunk: int = 1 << 20) -> str:
     """Short sha256 of a weights file; files over 2 chunks hash only the first and last chunk + size."""
     path = Path(path)

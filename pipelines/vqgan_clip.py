@@ -17,7 +17,12 @@ Where Atelier differs from the reference, on purpose:
   - the init-image term pulls z towards the encoded init image (the reference compares
     z with zeros; its z_orig version is commented out), decaying as 1/(2i+1) as there;
   - story mode (`^` phases) replaces the text prompts only; image and noise prompts stay;
-  - previews reuse the image of the iteration's forward pass (no extra decoder pass).
+  - previews reuse the image of the iteration's forward pass (no extra decoder pass);
+  - precision "auto" runs the decoder and CLIP passes under bfloat16 autocast on a CPU that
+    multiplies bfloat16 in hardware, each pass only where its images are large enough to gain
+    (2.1-2.3x the reference's iterations/s at 256x256 with the ImageNet VQGAN and ViT-B/32;
+    the 32 px shapes preset stays float32); z, the quantiser, cutouts, losses, the optimiser and
+    the final decode stay float32.
 
 Command line: `python -m pipelines.vqgan_clip "a red circle:1 | on a blue background:0.5"`.
 """
@@ -39,6 +44,7 @@ from pipelines import __version__, media
 from pipelines import prompts as P
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
+from pipelines.registry import PRECISIONS, autocast, compute_dtype
 from pipelines.validation import number as _number
 from pipelines.vqgan_clip_ops import (AUGMENT_CODES, CUT_METHODS, MakeCutouts, PromptLoss, clamp_with_grad,
                                       codebook_bounds, init_z_from_tokens, random_init_tokens, vector_quantize)
@@ -81,6 +87,7 @@ class VQGANCLIPRequest:
     augments: tuple[str, ...] = ("Af", "Pe")
     preview_every: int = 5                         # 0 = no previews (and no video frames)
     change_prompt_every: int = 0                   # story mode: next '^' phase every N iterations
+    precision: str = "auto"                        # autocast dtype of the decoder and CLIP passes (PRECISIONS)
 
     def replace(self, **kw) -> "VQGANCLIPRequest":
         return dataclasses.replace(self, **kw)
@@ -108,6 +115,8 @@ def validate(req: VQGANCLIPRequest, factor: int) -> tuple[VQGANCLIPRequest, list
     _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
     if req.optimiser not in OPTIMISERS:
         raise ValueError(f"Optimiser must be one of {', '.join(OPTIMISERS)} (got {req.optimiser!r})")
+    if req.precision not in PRECISIONS:
+        raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)} (got {req.precision!r})")
     if req.cut_method not in CUT_METHODS:
         raise ValueError(f"Cutout method must be one of {', '.join(CUT_METHODS)} (got {req.cut_method!r})")
     bad = [a for a in req.augments if a not in AUGMENT_CODES]
@@ -154,6 +163,12 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     codebook = vqgan.codebook.detach().float()
     z_min, z_max = (b.to(device) for b in codebook_bounds(codebook))
     cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments)
+    dtype = compute_dtype(device, req.precision, H * W)                          # the decoder's passes
+    clip_dtype = compute_dtype(device, req.precision, clip.image_size ** 2)     # CLIP's, on the cutouts
+
+    def encode_image(pixels):
+        with autocast(device, clip_dtype):
+            return clip.encode_image(pixels).float()
 
     # 1. initial latents: an encoded init image, or random codebook rows (seeded)
     if req.init_image is not None:
@@ -169,9 +184,11 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
 
     # 2. targets: text, image and noise prompts
-    def synth(z):
+    def synth(z, dtype=dtype):
         z_q = vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)
-        return clamp_with_grad(vqgan.decode(z_q).float().add(1).div(2), 0, 1)
+        with autocast(device, dtype):
+            x = vqgan.decode(z_q)
+        return clamp_with_grad(x.float().add(1).div(2), 0, 1)
 
     def text_losses(phase):
         if not phase:
@@ -196,7 +213,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
         x_img = _pil_to_tensor(img).to(device)
         with torch.no_grad():
-            emb = clip.encode_image(cutouts(x_img, gen)).float()
+            emb = encode_image(cutouts(x_img, gen))
         extra.append((f"loss/{ip.name}", PromptLoss(emb, ip.weight, ip.stop)))
     for seed, weight in req.noise_prompts:
         emb = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(int(seed))).to(device)
@@ -218,7 +235,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
             notice = f"Story phase {k + 1}: " + " | ".join(p.text for p in phases[k])
         opt.zero_grad(set_to_none=True)
         x = synth(z)
-        embeds = clip.encode_image(cutouts(x, gen)).float()
+        embeds = encode_image(cutouts(x, gen))
         terms = {name: fn(embeds) for name, fn in losses}
         if req.init_weight:
             terms["loss/init"] = F.mse_loss(z, z_init) * req.init_weight / (2 * (2 * i + 1))
@@ -237,13 +254,14 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         if should_stop():
             break
 
-    # 4. the final image from the last z
+    # 4. the final image from the last z, decoded in float32
     with torch.no_grad():
-        final = media.to_pil(synth(z)[0], value_range=(0, 1))
+        final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
         "settings": _settings(req), "iterations_done": done, "stopped": done < total,
         "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+        "precision": {"decoder": str(dtype).removeprefix("torch."), "clip": str(clip_dtype).removeprefix("torch.")},
     }
     yield Final(ENGINE, [final], meta, stopped=done < total)
 
@@ -299,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/vqgan_clip.png", help="PNG path; the video goes beside it")
     p.add_argument("--video", action="store_true", help="write an H.264 mp4 of the previews")
     p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
+                   help="auto: bfloat16 autocast on a CPU with native bfloat16, else float32")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -318,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_weight=a.init_weight, seed=a.seed, width=W, height=H, iterations=a.iterations, lr=a.lr,
             optimiser=a.optimiser, cutn=a.cutn, cut_pow=a.cut_pow, cut_method=a.cut_method,
             augments=tuple(s.strip() for s in a.augments.split(",") if s.strip()),
-            preview_every=a.preview_every, change_prompt_every=a.change_prompt_every)
+            preview_every=a.preview_every, change_prompt_every=a.change_prompt_every, precision=a.precision)
         registry = Registry(device=a.device)
         stop = {"now": False}
         signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result

@@ -13,7 +13,7 @@ from tests.conftest import ROOT, free_port
 
 def vqgan_clip_args(seed=0):
     return ["shapes", "a red circle", seed, 32, 32, 2, 1, None, "", None, 0, "", "", 0.1, "Adam", 2, 1.0, "latest",
-            ["Af"], 0, 10]
+            ["Af"], 0, "auto", 10]
 
 
 def dalle_args(seed=0):

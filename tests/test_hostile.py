@@ -18,7 +18,7 @@ HOSTILE = [None, "", "x" * 100_000, -1, -1e300, 1e300, "abc", [1, 2], {"a": 1}]
 
 def vqgan_clip():
     return ["shapes", "a red circle", 0, 32, 32, 2, 1, None, "", None, 0, "", "", 0.1, "Adam", 2, 1.0, "latest",
-            ["Af"], 0, 10]
+            ["Af"], 0, "auto", 10]
 
 
 def dalle():

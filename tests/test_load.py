@@ -21,7 +21,7 @@ PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow cross", "a
 
 def vqgan_clip(prompt, seed):
     return ["shapes", prompt, seed, 32, 32, 4, 2, None, "", None, 0, "", "", 0.1, "Adam", 4, 1.0, "latest",
-            ["Af", "Pe"], 0, 10]
+            ["Af", "Pe"], 0, "auto", 10]
 
 
 def dalle(prompt, seed):

@@ -17,9 +17,9 @@ def client(served_app, tmp_path_factory):
 
 def args(prompt="a red circle:1 | on a blue background:0.5", preset="shapes", width=32, iterations=6, seed=0):
     # preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
-    # init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments, change_every, fps
+    # init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments, change_every, precision, fps
     return [preset, prompt, seed, width, 32, iterations, 2, None, "", None, 0, "", "", 0.1, "Adam", 4, 1.0, "latest",
-            ["Af", "Pe"], 0, 10]
+            ["Af", "Pe"], 0, "auto", 10]
 
 
 def test_endpoints(client):

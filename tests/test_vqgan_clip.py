@@ -118,10 +118,49 @@ def test_image_noise_and_init_prompts(registry):
     (dict(augments=("Zz",)), "augmentation"),
     (dict(cutn=0), "Cutouts"),
     (dict(seed=-1), "Seed"),
+    (dict(precision="float8"), "Precision must be one of auto, float32, bfloat16"),
 ])
 def test_bad_input_clear_message(registry, kw, words):
     with pytest.raises(ValueError, match=words):
         next(E.run(req(**kw), registry))
+
+
+def test_precision_runs_the_decoder_and_clip_in_that_dtype_and_keeps_the_result(registry, monkeypatch):
+    """bfloat16 autocast reaches the decoder's and CLIP's layers, the optimisation does as well as in float32,
+    and "auto" keeps the 32 px built-in preset in float32 (too small to gain) unless its images are 64 px+."""
+    import torch
+
+    from pipelines import registry as R
+    from pipelines.presets import load_preset
+
+    pre = load_preset("shapes")
+    vqgan, clip = registry.get(pre.components["vqgan"]), registry.get(pre.components["clip"])
+    seen = []
+    hooks = [vqgan.decoder.conv_out.register_forward_hook(lambda m, i, o: seen.append(("decoder", o.dtype))),
+             clip.model.visual_projection.register_forward_hook(lambda m, i, o: seen.append(("clip", o.dtype)))]
+    runs = {}
+    try:
+        for precision in ("float32", "bfloat16"):
+            seen.clear()
+            evs = events(registry, prompt="a red circle", iterations=30, lr=0.2, preview_every=0, precision=precision)
+            runs[precision] = [e.metrics["loss"] for e in evs if isinstance(e, Step)]
+            dtype = getattr(torch, precision)
+            assert evs[-1].meta["precision"] == {"decoder": precision, "clip": precision}
+            assert {d for _, d in seen[:-1]} == {dtype}     # every pass but the final decode, which is float32
+            assert seen[-1] == ("decoder", torch.float32)
+    finally:
+        for h in hooks:
+            h.remove()
+    first, last = np.mean(runs["float32"][:5]), np.mean(runs["float32"][-5:])
+    assert np.mean(runs["bfloat16"][-5:]) < first - 0.8 * (first - last)   # bfloat16 gets 80 % of the way or more
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(R, "native_bfloat16", lambda device: True)
+    assert R.compute_dtype(cpu, "auto", 32 * 32) == torch.float32 and R.compute_dtype(cpu, "auto", 64 * 64) == torch.bfloat16
+    assert events(registry, precision="auto")[-1].meta["precision"] == {"decoder": "float32", "clip": "float32"}
+    assert events(registry, precision="auto", width=64, height=64)[-1].meta["precision"]["decoder"] == "bfloat16"
+    monkeypatch.setattr(R, "native_bfloat16", lambda device: False)
+    assert R.compute_dtype(cpu, "auto", 256 * 256) == torch.float32 and R.compute_dtype(cpu, "bfloat16") == torch.bfloat16
 
 
 def test_absurd_iterations_are_capped_with_a_notice(registry):

@@ -8,6 +8,7 @@ from pipelines import prompts as P
 from pipelines import vqgan_clip as engine
 from pipelines.events import Final
 from pipelines.presets import list_presets, load_preset
+from pipelines.registry import PRECISIONS
 from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
 from pipelines.zerogpu import gpu
 from ui.common import (USER_ERRORS, follow_new_run, loading_note, output_dir, progress_text, resumable,
@@ -24,7 +25,7 @@ EXAMPLES = [[EXAMPLE],
 
 # widgets whose values are restored by "load settings", in this order
 SETTING_FIELDS = ("preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "init_weight",
-                  "lr", "optimiser", "cutn", "cut_pow", "cut_method", "augments", "change_prompt_every")
+                  "lr", "optimiser", "cutn", "cut_pow", "cut_method", "augments", "change_prompt_every", "precision")
 
 
 def _path(f) -> str:
@@ -34,7 +35,7 @@ def _path(f) -> str:
 
 def _request(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
              init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
-             change_every) -> engine.VQGANCLIPRequest:
+             change_every, precision) -> engine.VQGANCLIPRequest:
     """Widgets -> request; every bad value raises ValueError with a user-facing message."""
     files = [_path(t) for t in (targets or [])]
     ws = (target_weights or "").replace(",", " ").split()
@@ -54,7 +55,7 @@ def _request(preset, prompt, seed, width, height, iterations, preview_every, tar
         init_image=media.load_image(_path(init_image), name="init image") if init_image else None,
         init_weight=init_weight, seed=seed, width=width, height=height, iterations=iterations, lr=lr,
         optimiser=optimiser, cutn=cutn, cut_pow=cut_pow, cut_method=cut_method, augments=tuple(augments or ()),
-        preview_every=preview_every, change_prompt_every=change_every)
+        preview_every=preview_every, change_prompt_every=change_every, precision=precision)
 
 
 def _gpu_seconds(req, registry, stop) -> int:
@@ -117,6 +118,11 @@ def build(registry, runs: RunStore) -> None:
                     cut_pow = gr.Number(label="Cut power", value=d["cut_pow"])
                     cut_method = gr.Dropdown(list(CUT_METHODS), value=d["cut_method"], label="Cutout method")
                 augments = gr.CheckboxGroup(list(AUGMENT_CODES), value=list(d["augments"]), label="Augmentations")
+                precision = gr.Dropdown(list(PRECISIONS), value=d["precision"], label="Precision",
+                                        elem_id="vqc_precision",
+                                        info="auto: bfloat16 for the decoder and CLIP passes where this CPU does "
+                                             "bfloat16 in hardware and the images are 64 px or more; float32 to "
+                                             "reproduce a picture exactly on any machine")
             with gr.Accordion("Load settings from an image", open=False):
                 load_file = gr.File(label="An Atelier PNG", file_types=[".png"], elem_id="vqc_load")
                 load_note = gr.Markdown()
@@ -133,7 +139,7 @@ def build(registry, runs: RunStore) -> None:
 
     inputs = [preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
               init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
-              change_every]
+              change_every, precision]
 
     outputs = [preview, status, final, video, files, settings]
 
@@ -184,10 +190,10 @@ def build(registry, runs: RunStore) -> None:
 
     def generate(preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
                  init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
-                 change_every, fps_value, client_id, request: gr.Request):
+                 change_every, precision, fps_value, client_id, request: gr.Request):
         args = (preset, prompt, seed, width, height, iterations, preview_every, targets, target_weights, init_image,
                 init_weight, noise_seeds, noise_weights, lr, optimiser, cutn, cut_pow, cut_method, augments,
-                change_every)
+                change_every, precision)
         yield from follow_new_run(runs, TAB, outputs, status, lambda should_stop: updates(args, fps_value, should_stop),
                                   client_id, request)
 
@@ -223,7 +229,8 @@ def build(registry, runs: RunStore) -> None:
     resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file],
                      [preset, prompt, seed, width, height, iterations, preview_every, init_weight, lr, optimiser,
-                      cutn, cut_pow, cut_method, augments, change_every, load_note], api_name="vqgan_clip_load")
+                      cutn, cut_pow, cut_method, augments, change_every, precision, load_note],
+                     api_name="vqgan_clip_load")
     preset.change(apply_preset, [preset], [width, height, iterations, preview_every, lr, cutn, cut_method, augments],
                   api_name=False)
     return gen_event
