@@ -14,6 +14,10 @@ None means "drop it from the cache" (the default when the device is the CPU; it 
 a device means "move it there" (CPU, the default on a GPU; it moves back on the next get/use).
 Every placement goes through `Registry._move`. Test seam: on a CPU-only machine, set
 `registry.offload_device = torch.device("cpu")` and spy on `_move` to exercise the GPU path.
+
+Compute precision: `compute_dtype` picks an engine pass's autocast dtype for a device ("auto":
+bfloat16 on a CPU that has it in hardware, for passes over images of 64x64 or more; float32
+elsewhere), and `autocast` opens it; weights stay as loaded.
 """
 from __future__ import annotations
 
