@@ -277,6 +277,33 @@ def test_clip_image_embedding_equals_transformers_with_its_gradient(clip_dir, la
     assert called == [1]            # training runs transformers' own forward (dropout and all)
 
 
+def test_clip_image_pass_follows_weights_that_change(clip_dir):
+    """The folded MLP and fused query/key/value weights are cached per layer; new weights (an in-place update,
+    a loaded state dict) are used at once, and weights that train get their gradient."""
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip(clip_dir / "tiny-clip")
+    clip.model.requires_grad_(False)   # frozen, as the registry hands it out: the cache is in use
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def reference():
+        return clip.model.get_image_features(pixel_values=(pixels - clip.mean) / clip.std).pooler_output
+
+    before = clip.encode_image(pixels)
+    layer = clip.model.vision_model.encoder.layers[0]
+    with torch.no_grad():
+        layer.mlp.fc1.weight.mul_(1.5)
+        layer.self_attn.k_proj.bias.add_(0.3)
+    after = clip.encode_image(pixels)
+    assert not torch.allclose(before, after, atol=1e-4) and torch.allclose(after, reference(), atol=1e-5)
+    state = {k: v * 0.9 if k.endswith("fc2.weight") else v for k, v in clip.model.state_dict().items()}
+    clip.model.load_state_dict(state)
+    assert torch.allclose(clip.encode_image(pixels), reference(), atol=1e-5)
+    layer.mlp.fc1.weight.requires_grad_(True)
+    clip.encode_image(pixels).sum().backward()
+    assert layer.mlp.fc1.weight.grad is not None and layer.mlp.fc1.weight.grad.abs().sum() > 0
+
+
 def test_describe_for_run_metadata(weights):
     reg = Registry(device="cpu", weights_dir=weights)
     spec = ComponentSpec("vqgan", "builtin", "tiny-taming")
