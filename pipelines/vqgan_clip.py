@@ -20,9 +20,10 @@ Where Atelier differs from the reference, on purpose:
   - previews reuse the image of the iteration's forward pass (no extra decoder pass);
   - precision "auto" runs the decoder and CLIP passes under bfloat16 autocast on a CPU that
     multiplies bfloat16 in hardware, each pass only where its images are large enough to gain
-    (2.1-2.3x the reference's iterations/s at 256x256 with the ImageNet VQGAN and ViT-B/32;
+    (about 2x the reference's iterations/s at 256x256 with the ImageNet VQGAN and ViT-B/32;
     the 32 px shapes preset stays float32); z, the quantiser, cutouts, losses, the optimiser and
-    the final decode stay float32.
+    the final decode stay float32;
+  - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`).
 
 Command line: `python -m pipelines.vqgan_clip "a red circle:1 | on a blue background:0.5"`.
 """

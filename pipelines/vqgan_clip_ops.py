@@ -29,6 +29,10 @@ Changed on purpose:
 * :func:`vector_quantize` computes the code distances under ``no_grad`` (the indices carry no
   gradient anyway) and gathers rows by index instead of a one-hot matmul; both give the exact
   rows, and the golden check is bit-identical.
+* **One resampling for the geometric augmentations.** A run of ``Af`` / ``Pe`` codes draws
+  kornia's parameters but composes their matrices and samples the image once
+  (:class:`WarpAugment`), where kornia resamples once per code: a little sharper, and 3.8 -> 1.5 ms
+  for 16 cutouts' forward and backward.
 * Arguments are validated with ``ValueError`` messages that list the allowed values.
 """
 from __future__ import annotations
@@ -56,6 +60,7 @@ __all__ = [
     "AUGMENT_CODES",
     "CUT_METHODS",
     "MakeCutouts",
+    "WarpAugment",
 ]
 
 
@@ -319,6 +324,129 @@ def _augment_from_code(code: str, cut_size: int, method: str) -> nn.Module:
     raise ValueError(f"unknown augmentation code {code!r}; valid codes: {', '.join(AUGMENT_CODES)}")
 
 
+class WarpAugment(nn.Module):
+    """A run of the geometric codes ``Af`` (random affine) and ``Pe`` (random perspective) as one resampling.
+
+    Each code draws what its kornia module (:func:`_augment_from_code`) draws, with the same
+    conventions: applied to each image with probability 0.7; ``Af`` rotates by U(-15, 15) degrees
+    (30 for ``nrupdated``) about the centre, shears along x by U(-5, 5) degrees and translates by
+    up to 10 % of each side; ``Pe`` moves each corner inwards by U(0, 1) * 0.7 (0.5) * half the side
+    on each axis. Each maps pixel coordinates forward by a 3x3 matrix, as kornia's do (a test
+    checks the matrices against kornia's ``get_affine_matrix2d`` and ``get_perspective_transform``).
+
+    Where kornia warps the batch once per code, here the matrices are composed and the batch is
+    sampled once (bilinear, zeros outside): one interpolation instead of one per code, so the
+    result is slightly sharper, and the framework's per-call work is gone. A pixel that an
+    intermediate image would not have had (a later code looking outside its input's frame) is
+    zeroed by that frame's bilinear edge, as the sequential warps do. On a linear ramp, where
+    bilinear interpolation is exact, the two agree wherever no frame edge is involved (test).
+    Draws come from ``generator`` (or torch's global RNG without one), in order: per code, the
+    applied mask, then its parameters.
+    """
+
+    CODES = ("Af", "Pe")
+
+    def __init__(self, codes: Sequence[str], method: str = "latest") -> None:
+        super().__init__()
+        bad = [c for c in codes if c not in self.CODES]
+        if bad:
+            raise ValueError(f"WarpAugment takes Af and Pe only, got {', '.join(bad)}")
+        nr = method == "nrupdated"
+        self.codes = tuple(codes)
+        self.p = 0.7
+        self.degrees = 30.0 if nr else 15.0
+        self.translate = 0.1
+        self.shear = 5.0
+        self.distortion = 0.5 if nr else 0.7
+        self._grid: dict = {}
+
+    @staticmethod
+    def affine_matrix(angle: Tensor, translate: Tensor, shear_x: Tensor, h: int, w: int) -> Tensor:
+        """kornia's ``get_affine_matrix2d`` at scale 1, shear_y 0: rotation by ``-angle`` (degrees) about the
+        centre ((w-1)/2, (h-1)/2), then the translation (B, 2); the x shear (radians) about the centre first."""
+        n = angle.shape[0]
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        a = torch.deg2rad(-angle)
+        cos, sin = torch.cos(a), torch.sin(a)
+        rot = torch.zeros(n, 3, 3, dtype=angle.dtype, device=angle.device)
+        rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = cos, sin, -sin, cos
+        rot[:, 0, 2] = (1 - cos) * cx - sin * cy + translate[:, 0]
+        rot[:, 1, 2] = sin * cx + (1 - cos) * cy + translate[:, 1]
+        rot[:, 2, 2] = 1
+        shear = torch.eye(3, dtype=angle.dtype, device=angle.device).repeat(n, 1, 1)
+        b = -torch.tan(shear_x)
+        shear[:, 0, 1], shear[:, 0, 2] = b, -b * cy
+        return rot @ shear
+
+    @staticmethod
+    def perspective_matrix(start: Tensor, end: Tensor) -> Tensor:
+        """The homography (B, 3, 3) taking the 4 ``start`` points (B, 4, 2) to ``end`` (direct linear transform)."""
+        x, y = start[..., 0].double(), start[..., 1].double()
+        u, v = end[..., 0].double(), end[..., 1].double()
+        one, zero = torch.ones_like(x), torch.zeros_like(x)
+        rows_u = torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1)
+        rows_v = torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)
+        A = torch.cat([rows_u, rows_v], 1)                  # (B, 8, 8)
+        h = torch.linalg.solve(A, torch.cat([u, v], 1))     # (B, 8)
+        return torch.cat([h, torch.ones_like(h[:, :1])], 1).view(-1, 3, 3).to(start.dtype)
+
+    def matrices(self, n: int, h: int, w: int, generator: torch.Generator | None = None) -> list[Tensor]:
+        """One forward matrix (n, 3, 3) per code, identity where the code is not applied."""
+        dev = generator.device if generator is not None else torch.device("cpu")
+
+        def rand(*shape):
+            return torch.rand(shape, generator=generator, device=dev)
+
+        out = []
+        eye = torch.eye(3).expand(n, 3, 3)
+        for code in self.codes:
+            applied = rand(n) < self.p
+            if code == "Af":
+                angle = (rand(n) * 2 - 1) * self.degrees
+                translate = (rand(n, 2) * 2 - 1) * self.translate * torch.tensor([float(w), float(h)])
+                shear_x = torch.deg2rad((rand(n) * 2 - 1) * self.shear)
+                m = self.affine_matrix(angle, translate, shear_x, h, w)
+            else:
+                start = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]]).expand(n, 4, 2)
+                inwards = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+                factor = self.distortion * torch.tensor([w / 2, h / 2])
+                m = self.perspective_matrix(start, start + factor * rand(n, 4, 2) * inwards)
+            out.append(torch.where(applied[:, None, None], m, eye))
+        return out
+
+    def _pixels(self, h: int, w: int, device, dtype) -> Tensor:
+        key = (h, w, device, dtype)
+        if key not in self._grid:
+            ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype), torch.arange(w, dtype=dtype), indexing="ij")
+            self._grid[key] = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3).to(device)  # (h*w, 3)
+        return self._grid[key]
+
+    def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        n, _, h, w = batch.shape
+        mats = [m.to(batch.device, torch.float32) for m in self.matrices(n, h, w, generator)]
+        pix = self._pixels(h, w, batch.device, torch.float32)
+        inv = torch.eye(3, device=batch.device).expand(n, 3, 3)
+        mask = None
+        size = torch.tensor([w, h], dtype=torch.float32, device=batch.device)
+
+        def read_at(inv):   # the pixel (x, y) that each output pixel reads from this matrix's input, (n, h*w, 2)
+            q = pix @ inv.transpose(1, 2)
+            return q[..., :2] / q[..., 2:]
+
+        for k in range(len(mats) - 1, -1, -1):       # back from the last code: where each one's input is read
+            inv = torch.linalg.inv(mats[k]) @ inv
+            if k > 0:   # an intermediate image: zero outside its frame, with bilinear's one-pixel edge
+                q = read_at(inv)
+                edge = torch.minimum(q + 1, size - q).clamp(0, 1)
+                mask = edge[..., 0] * edge[..., 1] * (1 if mask is None else mask)
+        grid = (2 * read_at(inv) + 1) / size - 1     # pixel centres, for align_corners=False
+        out = F.grid_sample(batch, grid.view(n, h, w, 2).to(batch.dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        if mask is not None:
+            out = out * mask.view(n, 1, h, w).to(out.dtype)
+        return out
+
+
 def _fixed_augments(method: str) -> list[nn.Module]:
     """The hard-wired augmentation lists of ``updated`` and ``updatedpooling``."""
     import kornia.augmentation as K
@@ -361,10 +489,14 @@ class MakeCutouts(nn.Module):
 
     Noise: cutout k gets ``s_k * N(0, 1)`` with ``s_k ~ U(0, noise_fac)``; no clamp follows.
 
-    Randomness: with a ``generator``, draws happen in this order: crop sizes/offsets, one
-    seed for the augmentations (run inside a forked, re-seeded global RNG because kornia has
-    no generator argument), then the noise. Without one, torch's global RNG is used, as
-    upstream does.
+    Augmentations: each run of the geometric codes ``Af`` / ``Pe`` is one :class:`WarpAugment`
+    (one resampling for the run, kornia's parameters and conventions); the other codes are
+    kornia's modules, as upstream.
+
+    Randomness: with a ``generator``, draws happen in this order: crop sizes/offsets, then per
+    augmentation its own draws (a WarpAugment) or one seed (a kornia module, run inside a forked,
+    re-seeded global RNG because kornia has no generator argument), then the noise. Without
+    one, torch's global RNG is used, as upstream does.
     """
 
     def __init__(
@@ -406,13 +538,22 @@ class MakeCutouts(nn.Module):
             augs: list[nn.Module] = []
         elif method in ("updated", "updatedpooling"):
             augs = _fixed_augments(method)
-        else:
-            augs = [_augment_from_code(c, self.cut_size, method) for c in codes]
+        else:  # each run of geometric codes (Af, Pe) is one WarpAugment, the other codes kornia's modules
+            augs = []
+            for c in codes:
+                if c in WarpAugment.CODES and augs and isinstance(augs[-1], WarpAugment):
+                    augs[-1] = WarpAugment(augs[-1].codes + (c,), method)
+                elif c in WarpAugment.CODES:
+                    augs.append(WarpAugment((c,), method))
+                else:
+                    augs.append(_augment_from_code(c, self.cut_size, method))
         self.augs = nn.Sequential(*augs)
 
     # -- pieces of forward ---------------------------------------------------------------
     def _pooled(self, image: Tensor) -> Tensor:
         size = (self.cut_size, self.cut_size)
+        if tuple(image.shape[-2:]) == size:  # both pools are the identity, and (x + x) / 2 == x exactly
+            return image.expand(self.cutn, -1, -1, -1).contiguous()
         pooled = (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
         return pooled.expand(self.cutn, -1, -1, -1).contiguous()
 
@@ -439,17 +580,25 @@ class MakeCutouts(nn.Module):
         if len(self.augs) == 0:
             return batch
         if generator is None:
-            return self.augs(batch)
-        # kornia samples from torch's global RNG: fork it, seed it from our generator, run,
-        # and let fork_rng restore the caller's global state afterwards.
-        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+            for aug in self.augs:
+                batch = aug(batch)
+            return batch
+        # A WarpAugment draws from the generator itself. kornia samples from torch's global RNG:
+        # for its modules, fork it, seed it from one draw of our generator, run, and let fork_rng
+        # restore the caller's global state afterwards.
         devices = [batch.device] if batch.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.random.default_generator.manual_seed(seed)
-            if devices:
-                with torch.cuda.device(batch.device):
-                    torch.cuda.manual_seed(seed)
-            return self.augs(batch)
+        for aug in self.augs:
+            if isinstance(aug, WarpAugment):
+                batch = aug(batch, generator)
+                continue
+            seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+            with torch.random.fork_rng(devices=devices):
+                torch.random.default_generator.manual_seed(seed)
+                if devices:
+                    with torch.cuda.device(batch.device):
+                        torch.cuda.manual_seed(seed)
+                batch = aug(batch)
+        return batch
 
     def _add_noise(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
         if self.noise_fac == 0:

@@ -307,3 +307,90 @@ def test_cutouts_bad_arguments(kwargs, words):
 def test_cutouts_bad_image_shape():
     with pytest.raises(ValueError, match=r"\[1, 3, H, W\]"):
         MakeCutouts(CUT, N)(torch.rand(2, 3, 32, 32))
+
+
+# --------------------------------------------------------------------------------------------
+# WarpAugment: Af / Pe as one resampling
+# --------------------------------------------------------------------------------------------
+
+
+def test_warp_matrices_are_kornias():
+    """The affine and perspective matrices follow kornia's conventions exactly (its functions as the reference)."""
+    from kornia.geometry.transform import get_affine_matrix2d, get_perspective_transform
+
+    from pipelines.vqgan_clip_ops import WarpAugment
+
+    g = _gen(0)
+    n, h, w = 6, 20, 28
+    angle = torch.rand(n, generator=g) * 60 - 30
+    translate = torch.rand(n, 2, generator=g) * 6 - 3
+    shear_x = torch.rand(n, generator=g) * 0.2 - 0.1
+    center = torch.tensor([[w / 2 - 0.5, h / 2 - 0.5]]).expand(n, 2)
+    ref = get_affine_matrix2d(translate, center, torch.ones(n, 2), angle, shear_x, torch.zeros(n))
+    assert torch.allclose(WarpAugment.affine_matrix(angle, translate, shear_x, h, w), ref, atol=1e-5)
+    start = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]]).expand(n, 4, 2)
+    end = start + torch.rand(n, 4, 2, generator=g) * 5 * torch.tensor([[1.0, 1], [-1, 1], [-1, -1], [1, -1]])
+    assert torch.allclose(WarpAugment.perspective_matrix(start, end), get_perspective_transform(start, end), atol=1e-4)
+
+
+def test_warp_is_the_sequential_kornia_warps_resampled_once():
+    """On a linear ramp (where bilinear interpolation is exact) the one resampling equals kornia's warp per code,
+    wherever no frame edge is involved; pixels of a code that looks outside its input are zero in both."""
+    from kornia.geometry.transform import warp_perspective
+
+    from pipelines.vqgan_clip_ops import WarpAugment
+
+    n, h, w = 32, 24, 24
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    ramp = torch.stack([0.03 * xs + 0.1, 0.02 * ys + 0.2, 0.01 * (xs + ys) + 0.05])[None].expand(n, 3, h, w)
+    aug = WarpAugment(("Af", "Pe"))
+    mats = aug.matrices(n, h, w, _gen(5))
+    ours = aug(ramp, _gen(5))
+    seq = ramp
+    for m in mats:
+        seq = warp_perspective(seq, m, (h, w), mode="bilinear", padding_mode="zeros", align_corners=False)
+    # where each code reads its input strictly inside the frame, away from the bilinear edge (the second code's
+    # 4 neighbours, up to ~1.5 px away once mapped back through the first, must read the image itself)
+    pix = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
+    inv2 = torch.linalg.inv(mats[1])
+    inside = torch.ones(n, h * w, dtype=torch.bool)
+    for inv, margin in ((inv2, 0.0), (torch.linalg.inv(mats[0]) @ inv2, 1.5)):
+        q = pix @ inv.transpose(1, 2)
+        q = q[..., :2] / q[..., 2:]
+        inside &= ((q >= margin) & (q <= torch.tensor([w - 1.0, h - 1.0]) - margin)).all(-1)
+    inside = inside.view(n, 1, h, w).expand_as(ours)
+    assert inside.float().mean() > 0.25
+    assert torch.allclose(ours[inside], seq[inside], atol=1e-4)
+    far = (seq == 0).all(1, keepdim=True).expand_as(ours)      # outside every frame in kornia's result
+    assert far.any() and (ours[far] == 0).all()
+
+
+def test_warp_draws_kornias_distribution_and_keeps_the_rest_exact():
+    from pipelines.vqgan_clip_ops import WarpAugment
+
+    n, h, w = 4000, 16, 16
+    af, pe = WarpAugment(("Af",)).matrices(n, h, w, _gen(1))[0], WarpAugment(("Pe",)).matrices(n, h, w, _gen(2))[0]
+    eye = torch.eye(3)
+    for m in (af, pe):
+        applied = ~torch.isclose(m, eye, atol=1e-7).flatten(1).all(1)
+        assert abs(applied.float().mean() - 0.7) < 0.03          # p = 0.7, as kornia's modules
+    angle = torch.rad2deg(torch.atan2(af[:, 1, 0], af[:, 0, 0]))  # shear leaves column 0 alone
+    assert angle.abs().max() <= 15 + 1e-4 and angle.abs().max() > 14
+    # the corners of a perspective stay within 0.7 * half a side of where they were, moving inwards
+    corner = pe @ torch.tensor([0.0, 0.0, 1.0])
+    corner = corner[:, :2] / corner[:, 2:]
+    assert (corner >= -1e-4).all() and (corner <= 0.7 * 8 + 1e-4).all() and corner.max() > 5
+    x = _image(h=h, w=w).expand(5, 3, h, w)
+    none = WarpAugment(("Af", "Pe"))
+    none.p = 0.0
+    assert torch.equal(none(x, _gen(0)), x)                      # not applied: the image, exactly
+    assert torch.equal(WarpAugment(("Af", "Pe"))(x, _gen(3)), WarpAugment(("Af", "Pe"))(x, _gen(3)))
+
+
+def test_cutouts_group_each_run_of_geometric_codes():
+    from pipelines.vqgan_clip_ops import WarpAugment
+
+    mc = MakeCutouts(CUT, N, augments=("Af", "Pe", "Ji", "Pe", "Er"))
+    kinds = [type(a).__name__ for a in mc.augs]
+    assert kinds == ["WarpAugment", "ColorJitter", "WarpAugment", "RandomErasing"]
+    assert mc.augs[0].codes == ("Af", "Pe") and isinstance(mc.augs[2], WarpAugment) and mc.augs[2].codes == ("Pe",)
