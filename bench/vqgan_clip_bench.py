@@ -7,11 +7,14 @@ The reference loop is written straight from shared/reference/vqgan_clip.md (the
 nerdyrodent/VQGAN-CLIP `generate.py` loop) over the same models: one-hot matmul
 quantisation, the "latest" cutouts pooled once per cutout, a PNG written to disk every
 iteration for the video (`-vid`), a check-in every `display_freq` iterations that
-decodes z again, and ffmpeg (libx264, -preset veryslow) over the PNGs at the end.
+decodes z again, and ffmpeg (libx264, -preset veryslow) over the PNGs at the end; its
+augmentations are kornia's modules, one resampling per code.
 Atelier's loop is `pipelines.vqgan_clip.optimise` with previews every N iterations
-fed to the in-memory H.264 writer; its CLIP runs the vision tower's last layer for the
-class token only (`pipelines.models.clip._image_features`), where the reference runs
-transformers' `get_image_features` on every token.
+fed to the in-memory H.264 writer; its CLIP pass (`pipelines.models.clip._image_features`)
+runs the vision tower's last layer for the class token only, fuses each layer's query, key
+and value projections and turns quick-GELU into a fused SiLU, where the reference runs
+transformers' `get_image_features` on every token; its Af/Pe augmentations are one
+resampling (`pipelines.vqgan_clip_ops.WarpAugment`).
 
 Cases:
   shapes    the built-in shapes preset (32 px, the committed weights)
@@ -54,7 +57,7 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
     import torch.nn.functional as F
 
     from pipelines.media import _ffmpeg_exe
-    from pipelines.vqgan_clip_ops import MakeCutouts, PromptLoss, clamp_with_grad, replace_grad
+    from pipelines.vqgan_clip_ops import PromptLoss, _augment_from_code, clamp_with_grad, replace_grad
 
     def vector_quantize(x, codebook):  # §5.2a: distances, argmin, one-hot matmul, straight-through
         d = x.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * x @ codebook.T
@@ -74,8 +77,12 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
     one_hot = F.one_hot(torch.randint(codebook.shape[0], [toks_y * toks_x]), codebook.shape[0]).float()
     z = (one_hot @ codebook).view(1, toks_y, toks_x, -1).permute(0, 3, 1, 2).clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=0.1)
-    pooled = MakeCutouts(clip.image_size, 1, method="latest", augments=(), noise_fac=0.0)
-    augment = MakeCutouts(clip.image_size, cutn, method="latest", augments=augments, noise_fac=0.1)
+    size = (clip.image_size, clip.image_size)
+
+    def pooled(x):
+        return (F.adaptive_avg_pool2d(x, size) + F.adaptive_max_pool2d(x, size)) / 2
+
+    augment = torch.nn.Sequential(*[_augment_from_code(c, clip.image_size, "latest") for c in augments])  # kornia's
     with torch.no_grad():
         prompts = [PromptLoss(clip.encode_text([prompt]).float(), 1.0, float("-inf"))]
     steps = out_dir / "steps"
@@ -87,7 +94,7 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
         out = synth(z)
         # "latest": every cutout is the whole image pooled, computed once per cutout, then augmented
         cuts = torch.cat([pooled(out) for _ in range(cutn)])
-        cuts = augment.augment_batch(cuts) if augments else cuts
+        cuts = augment(cuts) if augments else cuts
         cuts = cuts + torch.rand(cutn, 1, 1, 1) * 0.1 * torch.randn_like(cuts)
         # perceptor.encode_image(normalize(cuts)): the whole vision tower through transformers
         pixels = ((cuts - clip.mean) / clip.std).to(clip.model.dtype)
