@@ -398,18 +398,19 @@ class WarpAugment(nn.Module):
             return torch.rand(shape, generator=generator, device=dev)
 
         out = []
-        eye = torch.eye(3).expand(n, 3, 3)
+        eye = torch.eye(3, device=dev).expand(n, 3, 3)
         for code in self.codes:
             applied = rand(n) < self.p
             if code == "Af":
                 angle = (rand(n) * 2 - 1) * self.degrees
-                translate = (rand(n, 2) * 2 - 1) * self.translate * torch.tensor([float(w), float(h)])
+                translate = (rand(n, 2) * 2 - 1) * self.translate * torch.tensor([float(w), float(h)], device=dev)
                 shear_x = torch.deg2rad((rand(n) * 2 - 1) * self.shear)
                 m = self.affine_matrix(angle, translate, shear_x, h, w)
             else:
-                start = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]]).expand(n, 4, 2)
-                inwards = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
-                factor = self.distortion * torch.tensor([w / 2, h / 2])
+                start = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]],
+                                     device=dev).expand(n, 4, 2)
+                inwards = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], device=dev)
+                factor = self.distortion * torch.tensor([w / 2, h / 2], device=dev)
                 m = self.perspective_matrix(start, start + factor * rand(n, 4, 2) * inwards)
             out.append(torch.where(applied[:, None, None], m, eye))
         return out
