@@ -83,6 +83,27 @@ def pick_device(override: str | torch.device | None = None) -> torch.device:
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
+def worker_threads() -> int:
+    """CPU threads for an engine run in one of the app's worker threads: $ATELIER_THREADS, else every core but
+    one (at least 1). The app runs each engine in a worker thread while its server thread encodes previews and
+    serves pages, and torch's OpenMP threads there are slow when they must share the cores: on this 2-core VM
+    the shapes VQGAN+CLIP loop in a worker thread ran at 7-9 it/s with 2 threads and 12 with 1 (the main
+    thread, with nothing beside it: 13-15 with 2), and 150 iterations in the app took 19-23 s with 2 threads
+    and 16 s with 1. The command line and the benches keep torch's default (or their --threads)."""
+    env = os.environ.get("ATELIER_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            log.warning("ATELIER_THREADS=%r is not a whole number; ignored", env)
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def use_worker_threads() -> None:
+    """Set the calling thread's torch CPU threads to `worker_threads()` (OpenMP's setting is per thread)."""
+    torch.set_num_threads(worker_threads())
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX), where autocast
     roughly halves the time of large convolutions and matmuls; without it bfloat16 is emulated, and slower."""

@@ -128,3 +128,46 @@ def test_output_dir_deletes_files_older_than_the_keep_period(monkeypatch, tmp_pa
     monkeypatch.setattr(common, "_last_prune", [0.0])
     assert common.output_dir() == tmp_path
     assert not old.exists() and new.exists()
+
+
+def test_worker_init_runs_in_each_worker_thread_before_the_engine(monkeypatch):
+    """The app sets torch's CPU threads per worker thread (OpenMP's setting is per thread): the hook runs there,
+    before the run's first update, and the engine sees its effect."""
+    import torch
+
+    from pipelines import registry
+
+    seen = []
+
+    def make(should_stop):
+        seen.append(("engine", threading.current_thread().name, torch.get_num_threads()))
+        yield ("final", "done")
+
+    monkeypatch.setenv("ATELIER_THREADS", "1")
+    before = torch.get_num_threads()
+    store = RunStore(worker_init=lambda: (seen.append(("init", threading.current_thread().name)),
+                                          registry.use_worker_threads()))
+    for k in range(2):
+        run = store.launch("a", f"tab{k}", 2, make)
+        assert list(run.follow())[-1] == ("final", "done")
+    assert [s[0] for s in seen] == ["init", "engine", "init", "engine"]
+    assert seen[0][1] == seen[1][1] != threading.current_thread().name and seen[1][2] == 1
+    assert torch.get_num_threads() == before          # the caller's thread keeps its own setting
+
+
+def test_worker_threads_from_the_environment_or_all_cores_but_one(monkeypatch):
+    import os
+
+    from pipelines.registry import worker_threads
+
+    monkeypatch.setenv("ATELIER_THREADS", "3")
+    assert worker_threads() == 3
+    monkeypatch.setenv("ATELIER_THREADS", "0")
+    assert worker_threads() == 1
+    monkeypatch.setenv("ATELIER_THREADS", "many")
+    assert worker_threads() == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.delenv("ATELIER_THREADS")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert worker_threads() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert worker_threads() == 15

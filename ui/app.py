@@ -6,13 +6,14 @@ import gradio as gr
 from pipelines import __version__
 from ui import models as models_panel
 from ui import dalle, diffusion, unclip, vqgan_clip
+from pipelines.registry import use_worker_threads
 from pipelines.zerogpu import ON_SPACES
 from ui.common import client_id_components, init_client_id
 from ui.runs import RunStore
 
 
 def build_demo(registry) -> gr.Blocks:
-    store = RunStore(detached=not ON_SPACES)
+    store = RunStore(detached=not ON_SPACES, worker_init=use_worker_threads)
     with gr.Blocks(title="Atelier", delete_cache=(1800, 3600)) as demo:
         stored_id, store.client = client_id_components()
         gr.Markdown(f"# Atelier\nText to image in the browser · v{__version__}")

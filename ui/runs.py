@@ -118,8 +118,9 @@ class Run:
 class RunStore:
     """Every run of the process, by (owner, tab)."""
 
-    def __init__(self, keep_s: float = 600.0, detached: bool = True):
+    def __init__(self, keep_s: float = 600.0, detached: bool = True, worker_init: Callable[[], None] | None = None):
         self.keep_s = keep_s
+        self.worker_init = worker_init  # called first in each worker thread (the app sets torch's threads there)
         # On a ZeroGPU Space the GPU is granted to the request's own thread, so runs stay
         # inline there (followed by the page that started them, ended by a disconnect).
         self.detached = detached
@@ -147,6 +148,8 @@ class RunStore:
         def work():
             error = None
             try:
+                if self.worker_init is not None:
+                    self.worker_init()
                 if not self.engine_lock.acquire(blocking=False):
                     if waiting is not None:
                         run.publish(waiting)
