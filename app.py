@@ -11,7 +11,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from pipelines.zerogpu import ON_SPACES  # noqa: E402  (imports `spaces` first where it exists)
-from pipelines.registry import Registry  # noqa: E402
+from pipelines.registry import Registry, warm_imports  # noqa: E402
+
+warm_imports()  # the engines' libraries import in the background while the page is built; models stay lazy
+
 from ui.app import build_demo  # noqa: E402
 from ui.common import CSS  # noqa: E402
 

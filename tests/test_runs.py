@@ -171,3 +171,18 @@ def test_worker_threads_from_the_environment_or_all_cores_but_one(monkeypatch):
     assert worker_threads() == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     assert worker_threads() == 15
+
+
+def test_warm_imports_import_the_engines_libraries_in_the_background():
+    """In a fresh interpreter: importing the registry leaves transformers' CLIP unimported; warm_imports brings it
+    (and the rest of its list) in from a background thread."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pipelines.registry import WARM_IMPORTS, warm_imports; "
+            "clip = 'transformers.models.clip.modeling_clip'; before = clip in sys.modules; t = warm_imports(); "
+            "t.join(120); print(before, t.name, clip in sys.modules, all(m in sys.modules for m, _ in WARM_IMPORTS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == ["False", "warm-imports", "True", "True"], out.stderr[-2000:]
