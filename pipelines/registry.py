@@ -87,9 +87,9 @@ def worker_threads() -> int:
     """CPU threads for an engine run in one of the app's worker threads: $ATELIER_THREADS, else every core but
     one (at least 1). The app runs each engine in a worker thread while its server thread encodes previews and
     serves pages, and torch's OpenMP threads there are slow when they must share the cores: on this 2-core VM
-    the shapes VQGAN+CLIP loop in a worker thread ran at 7-9 it/s with 2 threads and 12 with 1 (the main
-    thread, with nothing beside it: 13-15 with 2), and 150 iterations in the app took 19-23 s with 2 threads
-    and 16 s with 1. The command line and the benches keep torch's default (or their --threads)."""
+    the shapes VQGAN+CLIP loop in a worker thread ran at 5-11 it/s with 2 threads and 8-12 with 1 (in the main
+    thread with nothing beside it, 11-17 with 2). The command line and the benches keep torch's default (or
+    their --threads)."""
     env = os.environ.get("ATELIER_THREADS", "").strip()
     if env:
         try:

@@ -286,11 +286,19 @@ CUT_METHODS: tuple[str, ...] = ("latest", "original", "updated", "nrupdated", "u
 _MAX_CUTN = 256
 
 
+def _geometric_settings(code: str, method: str) -> dict:
+    """Upstream's parameters for ``Af`` and ``Pe`` (reference §8 table; nrupdated uses slightly different ones),
+    shared by their kornia modules and :class:`WarpAugment`."""
+    nr = method == "nrupdated"
+    if code == "Af":
+        return {"degrees": 30.0 if nr else 15.0, "translate": 0.1, "shear": 5.0, "p": 0.7}
+    return {"distortion_scale": 0.5 if nr else 0.7, "p": 0.7}
+
+
 def _augment_from_code(code: str, cut_size: int, method: str) -> nn.Module:
     """The kornia augmentation for one ``-aug`` code (reference §8 table)."""
     import kornia.augmentation as K
 
-    nr = method == "nrupdated"  # nrupdated uses slightly different Pe/Af parameters
     if code == "Ji":
         return K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7)
     if code == "Sh":
@@ -298,12 +306,13 @@ def _augment_from_code(code: str, cut_size: int, method: str) -> nn.Module:
     if code == "Gn":
         return K.RandomGaussianNoise(mean=0.0, std=1.0, p=0.5)
     if code == "Pe":
-        return K.RandomPerspective(distortion_scale=0.5 if nr else 0.7, p=0.7)
+        return K.RandomPerspective(**_geometric_settings(code, method))
     if code == "Ro":
         return K.RandomRotation(degrees=15, p=0.7)
     if code == "Af":
+        af = _geometric_settings(code, method)
         return K.RandomAffine(
-            degrees=30 if nr else 15, translate=(0.1, 0.1), shear=5, p=0.7,
+            degrees=af["degrees"], translate=(af["translate"], af["translate"]), shear=af["shear"], p=af["p"],
             padding_mode="zeros", keepdim=True,
         )
     if code == "Et":
@@ -327,11 +336,11 @@ def _augment_from_code(code: str, cut_size: int, method: str) -> nn.Module:
 class WarpAugment(nn.Module):
     """A run of the geometric codes ``Af`` (random affine) and ``Pe`` (random perspective) as one resampling.
 
-    Each code draws what its kornia module (:func:`_augment_from_code`) draws, with the same
-    conventions: applied to each image with probability 0.7; ``Af`` rotates by U(-15, 15) degrees
-    (30 for ``nrupdated``) about the centre, shears along x by U(-5, 5) degrees and translates by
-    up to 10 % of each side; ``Pe`` moves each corner inwards by U(0, 1) * 0.7 (0.5) * half the side
-    on each axis. Each maps pixel coordinates forward by a 3x3 matrix, as kornia's do (a test
+    Each code draws what its kornia module (:func:`_augment_from_code`) draws, from the same
+    :func:`_geometric_settings` and with the same conventions: applied to each image with
+    probability p; ``Af`` rotates by U(-degrees, degrees) about the centre, shears along x by
+    U(-shear, shear) degrees and translates by up to ``translate`` of each side; ``Pe`` moves each
+    corner inwards by U(0, 1) * distortion_scale * half the side on each axis. Each maps pixel coordinates forward by a 3x3 matrix, as kornia's do (a test
     checks the matrices against kornia's ``get_affine_matrix2d`` and ``get_perspective_transform``).
 
     Where kornia warps the batch once per code, here the matrices are composed and the batch is
@@ -351,13 +360,8 @@ class WarpAugment(nn.Module):
         bad = [c for c in codes if c not in self.CODES]
         if bad:
             raise ValueError(f"WarpAugment takes Af and Pe only, got {', '.join(bad)}")
-        nr = method == "nrupdated"
         self.codes = tuple(codes)
-        self.p = 0.7
-        self.degrees = 30.0 if nr else 15.0
-        self.translate = 0.1
-        self.shear = 5.0
-        self.distortion = 0.5 if nr else 0.7
+        self.settings = {c: _geometric_settings(c, method) for c in self.CODES}
         self._grid: dict = {}
 
     @staticmethod
@@ -400,17 +404,18 @@ class WarpAugment(nn.Module):
         out = []
         eye = torch.eye(3, device=dev).expand(n, 3, 3)
         for code in self.codes:
-            applied = rand(n) < self.p
+            st = self.settings[code]
+            applied = rand(n) < st["p"]
             if code == "Af":
-                angle = (rand(n) * 2 - 1) * self.degrees
-                translate = (rand(n, 2) * 2 - 1) * self.translate * torch.tensor([float(w), float(h)], device=dev)
-                shear_x = torch.deg2rad((rand(n) * 2 - 1) * self.shear)
+                angle = (rand(n) * 2 - 1) * st["degrees"]
+                translate = (rand(n, 2) * 2 - 1) * st["translate"] * torch.tensor([float(w), float(h)], device=dev)
+                shear_x = torch.deg2rad((rand(n) * 2 - 1) * st["shear"])
                 m = self.affine_matrix(angle, translate, shear_x, h, w)
             else:
                 start = torch.tensor([[0.0, 0.0], [w - 1.0, 0.0], [w - 1.0, h - 1.0], [0.0, h - 1.0]],
                                      device=dev).expand(n, 4, 2)
                 inwards = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]], device=dev)
-                factor = self.distortion * torch.tensor([w / 2, h / 2], device=dev)
+                factor = st["distortion_scale"] * torch.tensor([w / 2, h / 2], device=dev)
                 m = self.perspective_matrix(start, start + factor * rand(n, 4, 2) * inwards)
             out.append(torch.where(applied[:, None, None], m, eye))
         return out
@@ -554,8 +559,9 @@ class MakeCutouts(nn.Module):
     def _pooled(self, image: Tensor) -> Tensor:
         size = (self.cut_size, self.cut_size)
         if tuple(image.shape[-2:]) == size:  # both pools are the identity, and (x + x) / 2 == x exactly
-            return image.expand(self.cutn, -1, -1, -1).contiguous()
-        pooled = (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
+            pooled = image
+        else:
+            pooled = (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
         return pooled.expand(self.cutn, -1, -1, -1).contiguous()
 
     def _random_crops(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -581,9 +587,7 @@ class MakeCutouts(nn.Module):
         if len(self.augs) == 0:
             return batch
         if generator is None:
-            for aug in self.augs:
-                batch = aug(batch)
-            return batch
+            return self.augs(batch)
         # A WarpAugment draws from the generator itself. kornia samples from torch's global RNG:
         # for its modules, fork it, seed it from one draw of our generator, run, and let fork_rng
         # restore the caller's global state afterwards.

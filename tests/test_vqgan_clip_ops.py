@@ -382,7 +382,7 @@ def test_warp_draws_kornias_distribution_and_keeps_the_rest_exact():
     assert (corner >= -1e-4).all() and (corner <= 0.7 * 8 + 1e-4).all() and corner.max() > 5
     x = _image(h=h, w=w).expand(5, 3, h, w)
     none = WarpAugment(("Af", "Pe"))
-    none.p = 0.0
+    none.settings = {code: {**st, "p": 0.0} for code, st in none.settings.items()}
     assert torch.equal(none(x, _gen(0)), x)                      # not applied: the image, exactly
     assert torch.equal(WarpAugment(("Af", "Pe"))(x, _gen(3)), WarpAugment(("Af", "Pe"))(x, _gen(3)))
 
