@@ -19,9 +19,9 @@ Where Atelier differs from the reference, on purpose:
   - story mode (`^` phases) replaces the text prompts only; image and noise prompts stay;
   - previews reuse the image of the iteration's forward pass (no extra decoder pass);
   - precision "auto" runs the decoder and CLIP passes under bfloat16 autocast on a CPU that
-    multiplies bfloat16 in hardware, each pass only where its images are large enough to gain
-    (about 2x the reference's iterations/s at 256x256 with the ImageNet VQGAN and ViT-B/32;
-    the 32 px shapes preset stays float32); z, the quantiser, cutouts, losses, the optimiser and
+    multiplies bfloat16 in hardware, each pass only where its images together are large enough
+    to gain (`compute_dtype`): at the 32 px shapes preset the decoder stays float32 and CLIP's
+    pass over 16 cutouts runs in bfloat16; z, the quantiser, cutouts, losses, the optimiser and
     the final decode stay float32;
   - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`).
 
@@ -165,7 +165,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     z_min, z_max = (b.to(device) for b in codebook_bounds(codebook))
     cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments)
     dtype = compute_dtype(device, req.precision, H * W)                          # the decoder's passes
-    clip_dtype = compute_dtype(device, req.precision, clip.image_size ** 2)     # CLIP's, on the cutouts
+    clip_dtype = compute_dtype(device, req.precision, clip.image_size ** 2 * int(req.cutn))  # CLIP's, all cutouts
 
     def encode_image(pixels):
         with autocast(device, clip_dtype):

@@ -277,6 +277,46 @@ def test_clip_image_embedding_equals_transformers_with_its_gradient(clip_dir, la
     assert called == [1]            # training runs transformers' own forward (dropout and all)
 
 
+def test_clip_attention_in_bfloat16_on_cpu_matches_float32(clip_dir, monkeypatch):
+    """Under bfloat16 autocast on a CPU the image pass runs on a cached bfloat16 copy of the tower, its attention
+    as explicit matrix products around a float32 softmax (torch's fused kernel is 3-4x slower backward there): the
+    embedding and its pixel gradient stay within bfloat16 rounding of the float32 pass, the copy follows weights
+    that change, and float32 still uses the fused kernel."""
+    import torch.nn.functional as F
+
+    from pipelines.models import clip as C
+
+    clip = C.load_clip(clip_dir / "tiny-clip")
+    clip.model.requires_grad_(False)
+    pixels = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    fused = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: fused.append(1) or sdpa(*a, **kw))
+
+    def embedding_and_grad(dtype):
+        x = pixels.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+            e = clip.encode_image(x)
+        (e * torch.linspace(-1, 1, e.shape[1])).sum().backward()
+        return e.detach(), x.grad
+
+    e32, g32 = embedding_and_grad(torch.float32)
+    assert fused                                   # float32: torch's fused kernel
+    fused.clear()
+    e16, g16 = embedding_and_grad(torch.bfloat16)
+    assert not fused                               # bfloat16 on a CPU: the explicit products
+    assert F.cosine_similarity(e16, e32).min() > 0.999
+    assert F.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.995
+    with torch.no_grad():                          # the bfloat16 copy of the tower follows an in-place update
+        clip.model.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(1.5)
+    e32b, _ = embedding_and_grad(torch.float32)
+    e16b, _ = embedding_and_grad(torch.bfloat16)
+    assert F.cosine_similarity(e32b, e32).min() < 0.99 and F.cosine_similarity(e16b, e32b).min() > 0.999
+    q, k, v = torch.randn(3, 2, 4, 9, 8, generator=torch.Generator().manual_seed(1)).bfloat16()
+    assert torch.allclose(C._attention(q, k, v, 0.35).float(), sdpa(q.float(), k.float(), v.float(), scale=0.35),
+                          atol=2e-2)
+
+
 def test_clip_image_pass_follows_weights_that_change(clip_dir):
     """The folded MLP and fused query/key/value weights are cached per layer; new weights (an in-place update,
     a loaded state dict) are used at once, and weights that train get their gradient."""

@@ -157,7 +157,8 @@ def test_precision_runs_the_decoder_and_clip_in_that_dtype_and_keeps_the_result(
     cpu = torch.device("cpu")
     monkeypatch.setattr(R, "native_bfloat16", lambda device: True)
     assert R.compute_dtype(cpu, "auto", 32 * 32) == torch.float32 and R.compute_dtype(cpu, "auto", 64 * 64) == torch.bfloat16
-    assert events(registry, precision="auto")[-1].meta["precision"] == {"decoder": "float32", "clip": "float32"}
+    assert events(registry, precision="auto", cutn=2)[-1].meta["precision"] == {"decoder": "float32", "clip": "float32"}
+    assert events(registry, precision="auto", cutn=16)[-1].meta["precision"] == {"decoder": "float32", "clip": "bfloat16"}
     assert events(registry, precision="auto", width=64, height=64)[-1].meta["precision"]["decoder"] == "bfloat16"
     monkeypatch.setattr(R, "native_bfloat16", lambda device: False)
     assert R.compute_dtype(cpu, "auto", 256 * 256) == torch.float32 and R.compute_dtype(cpu, "bfloat16") == torch.bfloat16

@@ -121,7 +121,8 @@ def build(registry, runs: RunStore) -> None:
                 precision = gr.Dropdown(list(PRECISIONS), value=d["precision"], label="Precision",
                                         elem_id="vqc_precision",
                                         info="auto: bfloat16 for the decoder and CLIP passes where this CPU does "
-                                             "bfloat16 in hardware and the images are 64 px or more; float32 to "
+                                             "bfloat16 in hardware and a pass holds 64x64 pixels or more (CLIP's on "
+                                             "4 or more 32 px cutouts); float32 to "
                                              "reproduce a picture exactly on any machine")
             with gr.Accordion("Load settings from an image", open=False):
                 load_file = gr.File(label="An Atelier PNG", file_types=[".png"], elem_id="vqc_load")
