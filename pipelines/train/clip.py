@@ -275,7 +275,7 @@ def train(args) -> None:
             acc = (logits[:, :len(captions)].argmax(1) == torch.arange(len(logits))).float().mean()
             metrics.write(step + 1, loss=loss.item(), batch_acc=acc.item(), scale=raw.model.logit_scale.exp().item(),
                           lr=opt.param_groups[0]["lr"])
-        if (step + 1) % args.sample_every == 0:
+        if args.sample_every > 0 and (step + 1) % args.sample_every == 0:
             metrics.write(step + 1, **evaluate(raw, rounds=1))
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             common.save_checkpoint(run_dir, step + 1, raw, opt)

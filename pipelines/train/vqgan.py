@@ -291,7 +291,7 @@ def train(args) -> None:
             metrics.write(step + 1, loss=loss.item(), mse=l_mse.item(), edge=l_edge.item(), commit=l_commit.item(),
                           psnr=p, codes_in_batch=len(torch.unique(idx)), restarted=restarted,
                           lr=opt.param_groups[0]["lr"])
-        if (step + 1) % args.sample_every == 0:
+        if args.sample_every > 0 and (step + 1) % args.sample_every == 0:
             recon_grid(raw, run_dir / f"samples_{step + 1:06d}.png")
             metrics.write(step + 1, judge_correct=judged_correct(raw, n=128), **{
                 f"small_{k}": v for k, v in small_shapes_judged(raw, per_shape=16).items()})
