@@ -240,8 +240,10 @@ def test_stop_keeps_the_result(page, tab):
     _open(page, tab)
     _fill(page, tab, tab.long)
     page.locator(f"#{tab.p}_run").click()
-    _wait_previews(page, tab, 2)
-    page.locator(f"#{tab.p}_stop").click()
+    try:
+        _wait_previews(page, tab, 2)
+    finally:
+        page.locator(f"#{tab.p}_stop").click()
     took = _wait_status(page, tab, "Stopped", 30)
     assert took < 15, f"Stop took {took:.1f} s"
     page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
@@ -253,12 +255,17 @@ def test_a_reload_finds_the_run_again(page, tab):
     _open(page, tab)
     _fill(page, tab, tab.long)
     page.locator(f"#{tab.p}_run").click()
-    _wait_previews(page, tab, 2)
-    page.reload()
-    _open(page, tab)
-    _wait_status(page, tab, tab.running, 30)   # followed again, live
-    again = _wait_previews(page, tab, 2, timeout_s=60)
-    assert again
-    page.locator(f"#{tab.p}_stop").click()
+    try:
+        _wait_previews(page, tab, 2)
+        browser_id = page.evaluate("localStorage.getItem('atelier-client-id')")
+        page.reload()
+        _open(page, tab)
+        assert re.fullmatch(r"[0-9a-f]{32}", browser_id or "")     # set by the page itself, kept over the reload
+        assert page.evaluate("localStorage.getItem('atelier-client-id')") == browser_id
+        _wait_status(page, tab, tab.running, 30)   # followed again, live
+        again = _wait_previews(page, tab, 2, timeout_s=60)
+        assert again
+    finally:                                       # a failure here must not leave a long run holding the engine
+        page.locator(f"#{tab.p}_stop").click()
     _wait_status(page, tab, "Stopped", 30)
     page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")

@@ -8,14 +8,14 @@ from ui import models as models_panel
 from ui import dalle, diffusion, unclip, vqgan_clip
 from pipelines.registry import use_worker_threads
 from pipelines.zerogpu import ON_SPACES
-from ui.common import client_id_components, init_client_id
+from ui.common import CLIENT_ID_JS, client_id_component, client_id_loader
 from ui.runs import RunStore
 
 
 def build_demo(registry) -> gr.Blocks:
     store = RunStore(detached=not ON_SPACES, worker_init=use_worker_threads)
     with gr.Blocks(title="Atelier", delete_cache=(1800, 3600)) as demo:
-        stored_id, store.client = client_id_components()
+        store.client = client_id_component()
         gr.Markdown(f"# Atelier\nText to image in the browser · v{__version__}")
         with gr.Tabs():
             with gr.Tab("VQGAN+CLIP", id="vqgan_clip"):
@@ -29,8 +29,9 @@ def build_demo(registry) -> gr.Blocks:
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)
-        # a reloaded page finds its runs again: give the browser an id, then follow each tab's run
-        loaded = demo.load(init_client_id, [stored_id], [stored_id, store.client], api_name=False, queue=False)
+        # a reloaded page finds its runs again: the page sets its browser id, then follows each tab's run
+        loaded = demo.load(None, None, [store.client], js=CLIENT_ID_JS, api_name=False, queue=False) \
+            .then(client_id_loader(store), [store.client], None, api_name=False, queue=False)
         for fn, inputs, outputs, api_name in store.resumers:
             loaded.then(fn, inputs, outputs, api_name=api_name, concurrency_limit=None, show_progress="hidden")
     demo.store = store

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -68,21 +67,42 @@ def owner_of(client_id: str | None, request: gr.Request | None) -> str:
     return "session-" + session_of(request)
 
 
-def client_id_components() -> tuple[gr.BrowserState, gr.Textbox]:
-    """A random id kept in the browser's local storage, and the hidden field handlers read it from.
+# The browser's id, made and kept by the page itself (no round trip), so that a Run
+# clicked the moment the page appears, or a reload before the server answered, still
+# belongs to this browser. getRandomValues, unlike randomUUID, works on plain http too.
+CLIENT_ID_JS = """() => {
+  const key = "atelier-client-id";
+  let id = null;
+  try { id = window.localStorage.getItem(key); } catch (e) {}
+  if (!id || !/^[0-9a-f]{32}$/.test(id)) {
+    id = Array.from(crypto.getRandomValues(new Uint8Array(16)), b => b.toString(16).padStart(2, "0")).join("");
+    try { window.localStorage.setItem(key, id); } catch (e) {}
+  }
+  return id;
+}"""
 
-    Handlers take the hidden Textbox (empty by default, so API clients may leave it
-    out and are told apart by their Gradio session); `init_client_id` fills both on
-    page load.
+
+def client_id_component() -> gr.Textbox:
+    """The hidden field every handler reads the browser's id from (see `attach_client_id`).
+
+    Empty by default, so API clients may leave it out and are told apart by their
+    Gradio session.
     """
-    return (gr.BrowserState("", storage_key="atelier-client"),
-            gr.Textbox("", visible=False, elem_id="atelier_client_id"))
+    return gr.Textbox("", visible=False, elem_id="atelier_client_id")
 
 
-def init_client_id(client_id: str | None) -> tuple[str, str]:
-    cid = client_id if isinstance(client_id, str) and client_id.isalnum() and 8 <= len(client_id) <= 64 \
-        else uuid.uuid4().hex
-    return cid, cid
+def client_id_loader(runs):
+    """The handler after the page has set its id: any run this page started before that becomes the browser's.
+
+    A Run clicked before the page's first script ran reaches the server with no id
+    and so belongs to the page's Gradio session; ``runs.adopt`` gives it to the
+    browser, so that Stop and a reload find it (see ui/runs.py).
+    """
+    def adopt(client_id, request: gr.Request):
+        browser = owner_of(client_id, None)
+        if browser.startswith("browser-") and getattr(request, "session_hash", None):
+            runs.adopt(owner_of(None, request), browser)
+    return adopt
 
 
 WAITING = "Waiting for another user's run to finish..."
@@ -105,7 +125,7 @@ def stop_handler(runs, tab: str):
     return stop
 
 
-def resumable(runs, tab: str, outputs: list, client: gr.BrowserState) -> None:
+def resumable(runs, tab: str, outputs: list, client: gr.Textbox) -> None:
     """On page load, show the browser's run in this tab again (going: live; finished: its result).
 
     Also an API endpoint, ``/<tab>_resume``, for clients that pass their own ``client_id``.
