@@ -59,6 +59,35 @@ def test_tiny_model_round_trips_through_safetensors(tmp_path):
     assert torch.allclose(back.denormalize(back.normalize(h)), h, atol=1e-6)
 
 
+def test_token_embeddings_widen_a_trained_model_without_changing_it(tmp_path):
+    """text_inputs ("last", "embed"): CLIP's token embeddings beside its last layer; zero columns at first."""
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip(PRESETS_DIR / "weights" / "shapes-clip")
+    model = dm.LatentDiffusion(dm.DiffusionConfig(block_out_channels=(32, 32))).eval()
+    captions = ["a red circle", "a red star", ""]
+    last = dm.encode_prompts(model, clip, captions)
+    wide = dm.with_text_inputs(model, ("last", "embed")).eval()
+    both = dm.encode_prompts(wide, clip, captions)
+    assert last.shape == (3, 32, 128) and both.shape == (3, 32, 256) and torch.equal(both[..., :128], last)
+    embed = both[..., 128:]
+    ids = clip.tokenizer(captions, padding="max_length", max_length=32, return_tensors="pt")["input_ids"]
+    text = clip.model.text_model.embeddings
+    assert torch.allclose(embed, text(input_ids=ids))                 # token + position embeddings, no layer
+    z, t = torch.randn(3, 16, 8, 8), torch.tensor([10, 500, 999])
+    with torch.no_grad():
+        assert torch.allclose(model(z, t, last), wide(z, t, both), atol=1e-5)   # the same model, to start with
+        wide.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_v.weight[:, 128:].fill_(0.1)
+        assert not torch.allclose(model(z, t, last), wide(z, t, both), atol=1e-3)  # and the new columns are read
+    dm.save_pretrained(wide, tmp_path)
+    back = dm.load_any(tmp_path)
+    assert back.config.text_inputs == ("last", "embed") and back.config.context_dim == 256
+    with pytest.raises(ValueError, match="text_inputs"):
+        dm.DiffusionConfig(text_inputs=("penultimate",))
+    with pytest.raises(ValueError, match="add text inputs after"):
+        dm.with_text_inputs(wide, ("embed",))
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
 def test_x0_prediction_inverts_the_forward_process(kind):
     sched = make_scheduler("DDIM", {"prediction_type": kind})

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, encode_text, fit_preview_rgb, from_pretrained,
-                                       save_pretrained)
+from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, encode_prompts, fit_preview_rgb,
+                                       from_pretrained, save_pretrained, with_text_inputs)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
 
@@ -72,8 +72,8 @@ def sample_images(model, vqgan, clip, captions: list[str], seed: int, steps: int
     gen = torch.Generator().manual_seed(seed)
     scheduler = make_scheduler("DPM-Solver++", model.scheduler_config)
     scheduler.set_timesteps(steps)
-    text = encode_text(clip, captions, model.config.text_len)
-    null = encode_text(clip, [""] * len(captions), model.config.text_len)
+    text = encode_prompts(model, clip, captions)
+    null = encode_prompts(model, clip, [""] * len(captions))
     z = torch.randn((len(captions), *model.sample_shape), generator=gen)
     for s in denoise(model, scheduler, z, text, null, guidance, gen):
         z = s.x_next
@@ -122,11 +122,13 @@ def train(args) -> None:
                           latent_size=SIZE // vqgan.factor, image_size=SIZE,
                           text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
                           vqgan=Path(args.vqgan).name, clip=Path(args.clip).name,
-                          prediction_type=args.prediction_type)
+                          prediction_type=args.prediction_type, text_inputs=args.text_inputs)
     if args.init and Path(args.init).is_dir():  # an exported model: its architecture, statistics and weights
         model = from_pretrained(args.init).train()
+        if args.text_inputs != model.config.text_inputs:   # e.g. add the token embeddings to a trained model
+            model = with_text_inputs(model, args.text_inputs)
         cfg = model.config
-        log.info("initial model %s", args.init)
+        log.info("initial model %s (text inputs %s)", args.init, ",".join(cfg.text_inputs))
     else:
         model = LatentDiffusion(cfg)
         model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
@@ -154,7 +156,7 @@ def train(args) -> None:
         # 1. fresh scenes -> normalised latents z0; captions -> text states (some dropped)
         with torch.no_grad():
             z0 = raw.normalize(vqgan.encode_latent(to_x(imgs).to(device)))     # (B, 16, 8, 8)
-            text_emb = encode_text(clip, captions, cfg.text_len)               # (B, 32, 128)
+            text_emb = encode_prompts(raw, clip, captions)                     # (B, 32, 128 per text input)
         # 2. noise at uniform timesteps
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         eps = torch.randn(z0.shape, generator=gen).to(device)
@@ -209,6 +211,10 @@ def main(argv=None) -> None:
                    help="v keeps x0 estimates sane at the noisiest steps, where eps-prediction amplifies errors")
     p.add_argument("--init", help="a checkpoint.pt whose model weights to start from, or an exported model folder "
                                   "(its architecture and latent statistics too)")
+    p.add_argument("--text-inputs", type=lambda v: tuple(v.split(",")), default=("last",),
+                   help="CLIP text states the UNet reads, comma-separated: last (the last layer), embed (the token "
+                        "embeddings, where shape words still differ). With --init of an exported model, the new "
+                        "ones are added with zero weights")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
