@@ -73,11 +73,13 @@ def test_token_embeddings_widen_a_trained_model_without_changing_it(tmp_path):
     embed = both[..., 128:]
     ids = clip.tokenizer(captions, padding="max_length", max_length=32, return_tensors="pt")["input_ids"]
     text = clip.model.text_model.embeddings
-    assert torch.allclose(embed, text(input_ids=ids))                 # token + position embeddings, no layer
+    raw = text(input_ids=ids)                                         # token + position embeddings, no layer
+    assert torch.allclose(embed, torch.nn.functional.layer_norm(raw, (128,)), atol=1e-5)
+    assert abs(embed.std().item() - last.std().item()) < 0.1 and raw.std() < 0.2   # on the last layer's scale
     z, t = torch.randn(3, 16, 8, 8), torch.tensor([10, 500, 999])
     with torch.no_grad():
         assert torch.allclose(model(z, t, last), wide(z, t, both), atol=1e-5)   # the same model, to start with
-        wide.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_v.weight[:, 128:].fill_(0.1)
+        wide.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_v.weight[:, 128:].normal_(0, 0.1)
         assert not torch.allclose(model(z, t, last), wide(z, t, both), atol=1e-3)  # and the new columns are read
     dm.save_pretrained(wide, tmp_path)
     back = dm.load_any(tmp_path)

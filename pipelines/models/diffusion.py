@@ -219,14 +219,20 @@ def encode_text(clip, prompts: list[str], length: int, inputs: tuple[str, ...] =
     """CLIP text-encoder states (N, length, D x len(inputs)), each prompt padded to `length` tokens.
 
     inputs: "last" (the last layer's hidden states, after the final layer norm) and/or
-    "embed" (token plus position embeddings, before the first layer), side by side.
+    "embed" (token plus position embeddings, before the first layer), side by side. The
+    embeddings are layer-normed (no learnt scale) to the last layer's unit scale per
+    coordinate: raw, the shapes CLIP's are 25x smaller, and a UNet learning to read them
+    would need weights 25x larger.
     """
     enc = clip.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=length,
                          return_tensors="pt")
     device = clip.mean.device
     out = clip.model.text_model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
                                 output_hidden_states="embed" in inputs)
-    states = {"last": out.last_hidden_state, "embed": out.hidden_states[0] if "embed" in inputs else None}
+    states = {"last": out.last_hidden_state}
+    if "embed" in inputs:
+        e = out.hidden_states[0]
+        states["embed"] = torch.nn.functional.layer_norm(e, e.shape[-1:])
     return torch.cat([states[k] for k in inputs], dim=-1) if len(inputs) > 1 else states[inputs[0]]
 
 
