@@ -309,6 +309,30 @@ def tiny_text_model():
     return base.eval()
 
 
+def test_a_text_reading_decoder_widens_to_the_token_embeddings_unchanged(tiny, tmp_path):
+    """text_inputs ("last", "embed") on the decoder: its image tokens and text tokens get the wider width."""
+    from pipelines.models.diffusion import with_text_inputs
+
+    dec = um.UnCLIPDecoder(um.DecoderConfig(block_out_channels=(32, 32), n_head=2, text_cond=True)).eval()
+    torch.nn.init.normal_(dec.to_tokens.weight, std=0.1)
+    torch.nn.init.normal_(dec.to_tokens.bias, std=0.1)
+    wide = with_text_inputs(dec, ("last", "embed")).eval()
+    assert isinstance(wide, um.UnCLIPDecoder) and wide.config.cond_dim == 128 + 32 * 256
+    z, t = torch.randn(2, 16, 8, 8), torch.tensor([300, 800])
+    e = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
+    captions = ["a red circle", "a blue star on the left"]
+    cond, cond_wide = um.decoder_cond(dec, tiny.clip, e, captions), um.decoder_cond(wide, tiny.clip, e, captions)
+    assert cond_wide.shape == (2, wide.config.cond_dim)
+    with torch.no_grad():
+        assert torch.allclose(dec(z, t, cond), wide(z, t, cond_wide), atol=1e-5)
+        tokens = wide.to_tokens(e * 128 ** 0.5).view(2, 4, 256)
+        assert torch.allclose(tokens[..., :128], dec.to_tokens(e * 128 ** 0.5).view(2, 4, 128))
+        assert tokens[..., 128:].abs().max() == 0                      # the new half of each image token
+    um.save_pretrained(wide, tmp_path)
+    back = um.from_pretrained(tmp_path, kind="decoder")
+    assert back.config.text_inputs == ("last", "embed")
+
+
 def test_a_text_reading_decoder_starts_from_the_diffusion_unet_and_reads_both_inputs(tiny, tiny_text_model):
     from pipelines.models.diffusion import encode_text
 

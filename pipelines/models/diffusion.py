@@ -253,12 +253,19 @@ def with_text_inputs(model: LatentDiffusion, inputs: tuple[str, ...]) -> LatentD
         return model
     if inputs[:len(old)] != old:
         raise ValueError(f"can only add text inputs after {old}, got {inputs}")
-    wide = LatentDiffusion(dataclasses.replace(model.config, text_inputs=inputs, extra=dict(model.config.extra)))
+    wide = type(model)(dataclasses.replace(model.config, text_inputs=inputs, extra=dict(model.config.extra)))
     state = model.state_dict()
     for name, w in wide.state_dict().items():
-        if name in state and state[name].shape != w.shape:        # attn2.to_k / attn2.to_v weights (out, D)
-            pad = torch.zeros(w.shape[0], w.shape[1] - state[name].shape[1], dtype=w.dtype)
-            state[name] = torch.cat([state[name], pad], dim=1)
+        if name not in state or state[name].shape == w.shape:
+            continue
+        old = state[name]
+        if name.startswith("to_tokens."):    # the unCLIP decoder's image tokens: (k x W, ...) -> (k x W', ...)
+            k = model.config.image_tokens
+            old = old.reshape(k, -1, *old.shape[1:])
+            pad = torch.zeros(k, w.shape[0] // k - old.shape[1], *old.shape[2:], dtype=w.dtype)
+            state[name] = torch.cat([old, pad], dim=1).reshape(w.shape)
+        else:                                # attn2.to_k / attn2.to_v weights (out, D) -> (out, D')
+            state[name] = torch.cat([old, torch.zeros(w.shape[0], w.shape[1] - old.shape[1], dtype=w.dtype)], dim=1)
     wide.load_state_dict(state, strict=True)
     return wide.train(model.training)
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text
+from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_prompts, encode_text
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class DecoderConfig(DiffusionConfig):
     @property
     def cond_dim(self) -> int:
         """Width of the flat conditioning vector: the embedding, then (text_cond) the token states."""
-        return self.image_dim + (self.text_len * self.text_dim if self.text_cond else 0)
+        return self.image_dim + (self.text_len * self.context_dim if self.text_cond else 0)
 
 
 def pack_cond(image_emb: torch.Tensor, text_states: torch.Tensor | None = None) -> torch.Tensor:
@@ -210,7 +210,7 @@ class UnCLIPDecoder(LatentDiffusion):
     def __init__(self, config: DecoderConfig):
         super().__init__(config, class_embed_type="projection",
                          projection_class_embeddings_input_dim=config.image_dim)
-        self.to_tokens = nn.Linear(config.image_dim, config.image_tokens * config.text_dim)
+        self.to_tokens = nn.Linear(config.image_dim, config.image_tokens * config.context_dim)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The prediction (eps or v) for z_t (B, C, 8, 8) at t (B,) given `cond` (B, cond_dim): a unit-norm
@@ -221,9 +221,9 @@ class UnCLIPDecoder(LatentDiffusion):
         assert z_t.shape[1:] == self.sample_shape, f"expected (B, {self.sample_shape}), got {tuple(z_t.shape)}"
         assert cond.shape == (B, c.cond_dim), f"expected cond (B, {c.cond_dim}), got {tuple(cond.shape)}"
         x = cond[:, :c.image_dim] * math.sqrt(c.image_dim)                      # about unit variance per coordinate
-        tokens = self.to_tokens(x).view(B, c.image_tokens, c.text_dim)          # (B, k, W)
+        tokens = self.to_tokens(x).view(B, c.image_tokens, c.context_dim)       # (B, k, W)
         if c.text_cond:                                                         # image tokens, then the caption's
-            tokens = torch.cat([tokens, cond[:, c.image_dim:].view(B, c.text_len, c.text_dim)], dim=1)
+            tokens = torch.cat([tokens, cond[:, c.image_dim:].view(B, c.text_len, c.context_dim)], dim=1)
         return self.unet(z_t, t, encoder_hidden_states=tokens, class_labels=x).sample
 
     @torch.no_grad()
@@ -245,7 +245,7 @@ def decoder_cond(decoder: UnCLIPDecoder, clip, image_emb: torch.Tensor, captions
     if not decoder.config.text_cond:
         return image_emb
     captions = [""] * len(image_emb) if captions is None else list(captions)
-    return pack_cond(image_emb, encode_text(clip, captions, decoder.config.text_len).to(image_emb.dtype))
+    return pack_cond(image_emb, encode_prompts(decoder, clip, captions).to(image_emb.dtype))
 
 
 class ClampedDenoiser(nn.Module):

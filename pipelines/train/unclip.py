@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import encode_text
+from pipelines.models.diffusion import encode_prompts, with_text_inputs
 from pipelines.models.diffusion import from_pretrained as load_diffusion
 from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
                                      decoder_cond, image_embedding, pack_cond, sampling_denoiser,
@@ -128,7 +128,7 @@ def new_model(args, clip, vqgan) -> DiffusionPrior | UnCLIPDecoder:
         latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
         text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
         vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens,
-        prediction_type=args.prediction_type, text_cond=args.text_cond))
+        prediction_type=args.prediction_type, text_cond=args.text_cond, text_inputs=args.text_inputs or ("last",)))
     if base is not None:
         model.init_from_diffusion(base)
         log.info("decoder UNet initialised from %s", args.init_diffusion)
@@ -145,6 +145,8 @@ def train(args) -> None:
         raise SystemExit("--text-cond needs the captions of fresh scenes: drop --cache")
     if args.init:   # an exported prior or decoder: its architecture, statistics and weights
         model = load_unclip(args.init, kind=args.part).train()
+        if args.part == "decoder" and args.text_inputs and args.text_inputs != model.config.text_inputs:
+            model = with_text_inputs(model, args.text_inputs)     # new text states, read through zero weights at first
         log.info("initial model %s", args.init)
     else:
         model = new_model(args, clip, vqgan)
@@ -188,8 +190,7 @@ def train(args) -> None:
                 cond = e_img.masked_fill(drop[:, None].to(device), 0.0)          # zeros: unconditional
                 if raw.config.text_cond:                                         # + the caption, or the empty one
                     no_text = drop.numpy() | (rng.random(args.batch) < args.text_dropout)
-                    cond = pack_cond(cond, encode_text(clip, ["" if d else c for c, d in zip(captions, no_text)],
-                                                       raw.config.text_len))
+                    cond = pack_cond(cond, encode_prompts(raw, clip, ["" if d else c for c, d in zip(captions, no_text)]))
                 if cache is None:
                     x0 = raw.normalize(vqgan.encode_latent(x))                   # (B, 16, 8, 8)
         # 2. noise at uniform timesteps
@@ -285,6 +286,9 @@ def main(argv=None) -> None:
     p.add_argument("--image-tokens", type=int, default=4, help="decoder: cross-attention tokens from the embedding")
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"], help="decoder's target")
     p.add_argument("--text-cond", action="store_true", help="decoder: also read the caption's CLIP token states")
+    p.add_argument("--text-inputs", type=lambda v: tuple(v.split(",")), default=None,
+                   help="decoder with --text-cond: CLIP text states it reads, comma-separated (last, embed; see "
+                        "pipelines.train.diffusion); with --init, new ones are added with zero weights")
     p.add_argument("--text-dropout", type=float, default=0.5,
                    help="decoder with --text-cond: share of scenes shown without their caption")
     p.add_argument("--init", default=None, help="an exported prior or decoder folder to start from (its "
