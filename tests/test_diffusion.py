@@ -324,3 +324,10 @@ def test_training_command_trains_resumes_and_exports(tmp_path):
     assert "pipelines.train.diffusion" in rec["command"] and rec["seed"] == 0 and math.isfinite(rec["metrics"]["loss"])
     model = dm.load_any(out)
     assert model.config.block_out_channels == (32, 32) and (out / "samples.png").exists()
+    # a run shorter than --log-every still exports (it once failed reading an empty log), here widened too
+    short = tmp_path / "short"
+    train.main(["--out", str(short), "--run-dir", str(tmp_path / "run_short"), "--init", str(out), "--batch", "2",
+                "--steps", "1", "--log-every", "50", "--sample-every", "0", "--grid-steps", "1",
+                "--text-inputs", "last,embed"])
+    assert dm.load_any(short).config.text_inputs == ("last", "embed")
+    assert json.loads((short / "train.json").read_text())["metrics"] == {}

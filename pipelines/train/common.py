@@ -138,6 +138,7 @@ def load_checkpoint(run_dir: Path, model, opt) -> tuple[int, dict]:
 class MetricLog:
     def __init__(self, run_dir: Path):
         self.path = run_dir / "log.jsonl"
+        self.path.touch()           # there even when a run ends before its first --log-every
         self.t0 = time.time()
 
     def write(self, step: int, **metrics) -> None:

@@ -192,7 +192,7 @@ def train(args) -> None:
     shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
     rows = [sample_images(ema, vqgan, clip, GRID_CAPTIONS, seed, args.grid_steps) for seed in range(4)]
     common.save_grid(rows, out / "samples.png")
-    last = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()][-1]
+    last = ([json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()] or [{}])[-1]
     common.write_record(out, args, {k: last[k] for k in ("loss", "mse") if k in last}, parameters=n_params,
                         images_seen=args.steps * args.batch, grid_captions=GRID_CAPTIONS,
                         init=args.init)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One round of GPU training for the diffusion and unCLIP engines (issues 4 and 6), sized for a
+# 15-minute device lease: both fine-tunes side by side, then the evaluation harness on each, and
+# everything packed into $OUT (two tarballs of weights, the reports, the logs).
+#
+#   device run (carry .whl):  bash pipelines/train/gpu_round.sh
+#   a dry run on a CPU:       OUT=/tmp/gpu STEPS=2 EVAL=1 PY=.venv/bin/python bash pipelines/train/gpu_round.sh
+#
+# The device image has torch, transformers and accelerate but not diffusers: carry its wheels in
+# .whl/ (ignored by git; see the device notes: pip download --no-deps diffusers==0.42.1 importlib_metadata).
+# Both runs start from the committed weights and read CLIP's token embeddings beside its last layer
+# (--text-inputs last,embed), the change that lifted one-object captions on the CPU (README, Evaluation).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:?set OUT to the folder the results go to}
+STEPS=${STEPS:-3000}        # of 256 images each: 0.77M images per model, about 5 minutes side by side on an H200
+EVAL=${EVAL:-100}           # diffusion captions per category (unCLIP: a third of it)
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -d .whl ] && ! $PY -c "import diffusers" 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+mkdir -p "$OUT" runs/gpu
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
+common="--batch 256 --lr 3e-4 --workers 4 --threads 2 --ema 0.999 --ema-start 0 --log-every 100 --sample-every 0 --ckpt-every 1000 --steps $STEPS"
+$PY -m pipelines.train.diffusion --init presets/weights/shapes-diffusion --text-inputs last,embed --seed 31 $common \
+    --out runs/gpu/dif --run-dir runs/gpu/run_dif > "$OUT/train_dif.log" 2>&1 &
+dif=$!
+$PY -m pipelines.train.unclip decoder --init presets/weights/shapes-unclip-decoder --text-inputs last,embed --seed 33 $common \
+    --out runs/gpu/dec --run-dir runs/gpu/run_dec > "$OUT/train_dec.log" 2>&1 &
+dec=$!
+wait $dif
+wait $dec
+tail -n 2 "$OUT/train_dif.log" "$OUT/train_dec.log"
+
+# the harness on each, through a preset that swaps in the new weights (removed again at the end)
+$PY - <<'PY'
+import json
+p = json.load(open("presets/shapes.json"))
+p.update(name="shapesgpu", label="GPU round")
+p["components"]["diffusion"] = {"kind": "diffusion", "path": "runs/gpu/dif"}
+p["components"]["unclip_decoder"] = {"kind": "unclip_decoder", "path": "runs/gpu/dec"}
+json.dump(p, open("presets/shapesgpu.json", "w"))
+PY
+trap 'rm -f presets/shapesgpu.json' EXIT
+$PY -m pipelines.eval diffusion --preset shapesgpu --per-category "$EVAL" --samples 2 --out runs/gpu/eval-dif-25 2>&1 | tail -n 4
+$PY -m pipelines.eval diffusion --preset shapesgpu --per-category "$EVAL" --samples 2 --set steps=10 --out runs/gpu/eval-dif-10 2>&1 | tail -n 4
+$PY -m pipelines.eval unclip --preset shapesgpu --per-category $(( (EVAL + 2) / 3 )) --samples 2 --out runs/gpu/eval-unc 2>&1 | tail -n 4
+tar -czf "$OUT/dif.tgz" -C runs/gpu dif eval-dif-25 eval-dif-10
+tar -czf "$OUT/dec.tgz" -C runs/gpu dec eval-unc
+ls -la "$OUT"
