@@ -83,7 +83,7 @@ CLIENT_ID_JS = """() => {
 
 
 def client_id_component() -> gr.Textbox:
-    """The hidden field every handler reads the browser's id from (see `attach_client_id`).
+    """The hidden field every handler reads the browser's id from (`CLIENT_ID_JS` sets it on page load).
 
     Empty by default, so API clients may leave it out and are told apart by their
     Gradio session.

@@ -12,8 +12,9 @@ Runs are keyed by owner (the browser's id kept in its local storage, or the
 Gradio session for API clients) and tab, so one user's run is never shown to
 another. A run started before the page learnt its browser id (a click in the
 first moments after loading) belongs to the page's session until
-``RunStore.adopt`` hands it to the browser, so a reload still finds it. One engine runs at a time per process (``engine_lock``): a second
-user's run waits for the first, with a note, instead of sharing the device.
+``RunStore.adopt`` hands it to the browser, so a reload still finds it. One
+engine runs at a time per process (``engine_lock``): a second user's run waits
+for the first, with a note, instead of sharing the device.
 Finished runs are kept for ``keep_s`` seconds so a reload shows the result.
 """
 from __future__ import annotations
