@@ -106,6 +106,18 @@ WARM_IMPORTS = (("transformers", ("CLIPModel", "CLIPTokenizer", "CLIPTokenizerFa
                 ("kornia.augmentation", ()))
 
 
+_warm_thread: threading.Thread | None = None
+
+
+def wait_for_warm_imports() -> None:
+    """Block until warm_imports has finished, if it is running: transformers' lazy module is not safe to
+    import from two threads at once (a run that started loading CLIP during the warm import once failed
+    with "cannot import name 'AutoTokenizer' from 'transformers'"). The wait is time the import needs anyway."""
+    thread = _warm_thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()
+
+
 def warm_imports() -> threading.Thread:
     """Import, in a background thread, the library code the engines use (no model is loaded: loading stays lazy).
     Importing transformers' CLIP alone takes about 3 s on this VM, against 0.14 s to load the built-in CLIP
@@ -121,7 +133,9 @@ def warm_imports() -> threading.Thread:
             except Exception as e:  # noqa: BLE001 - a missing extra only costs that engine its first-run time
                 log.debug("warm import of %s failed: %s", module, e)
 
+    global _warm_thread
     thread = threading.Thread(target=work, name="warm-imports", daemon=True)
+    _warm_thread = thread
     thread.start()
     return thread
 
@@ -327,6 +341,7 @@ class Registry:
         loader = self._loaders.get(spec.kind)
         if loader is None:
             raise ModelUnavailable(f"No loader for component kind '{spec.kind}' (known: {', '.join(sorted(self._loaders))}).")
+        wait_for_warm_imports()
         t0 = time.monotonic()
         try:
             module = loader(spec, self)

@@ -225,3 +225,19 @@ def test_warm_imports_import_the_engines_libraries_in_the_background():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.split() == ["False", "warm-imports", "True", "True"], out.stderr[-2000:]
+
+
+def test_a_model_load_waits_for_the_warm_imports():
+    """transformers' lazy module is not safe to import from two threads at once: the registry's first load
+    waits for the background import (a fresh interpreter, the load asked for while it runs)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import torch; from pipelines.registry import Registry, warm_imports; "
+            "from pipelines.presets import ComponentSpec; t = warm_imports(); r = Registry(device='cpu'); seen = []; "
+            "r.register_loader('probe', lambda spec, reg: (seen.append(t.is_alive()), torch.nn.Linear(1, 1))[1]); "
+            "r.get(ComponentSpec('probe', 'path', '/nowhere')); print(seen)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == ["[False]"], (out.stdout, out.stderr[-2000:])
