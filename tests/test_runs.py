@@ -103,45 +103,6 @@ def test_finished_runs_are_forgotten_after_keep_s():
     assert store.current("a", "tab") is None
 
 
-def test_a_run_started_before_the_page_knew_its_browser_id_is_adopted_by_the_browser():
-    """A click before the page set its id arrives as the session's: adopt hands it (and later ones) to the browser."""
-    store = RunStore()
-    gate = threading.Event()
-    older = store.launch("browser-b", "tab", 2, counter(1000, gate=gate))    # before a reload, still going
-    early = store.launch("session-s", "tab", 2, counter(1000, gate=gate))    # the new page's quick click
-    keep = store.launch("session-s", "other", 2, counter(1000, gate=gate))
-    store.adopt("session-s", "browser-b")
-    assert store.current("browser-b", "tab") is early and store.current("browser-b", "other") is keep
-    assert early.owner == "browser-b"
-    assert store.current("session-s", "tab") is early       # the session's own calls still reach it
-    assert older.stop_flag.is_set() and not early.stop_flag.is_set()   # the newer run wins, as in launch
-    late = store.launch("session-s", "tab", 2, counter(2))  # queued with no id, launched after adopt
-    assert late.owner == "browser-b" and store.current("browser-b", "tab") is late
-    assert store.stop("browser-b", "other") and keep.stop_flag.is_set()
-    assert store.current("session-x", "tab") is None and store.current("browser-c", "tab") is None
-    gate.set()
-    assert list(late.follow())[-1] == ("final", "done")
-    assert list(early.follow())[-1][1].startswith("stopped at")   # replaced by the later launch
-
-
-def test_adopt_keeps_the_browsers_newer_run_and_forgets_aliases_after_keep_s():
-    store = RunStore(keep_s=0.05)
-    gate = threading.Event()
-    early = store.launch("session-s", "tab", 2, counter(1000, gate=gate))
-    time.sleep(0.01)
-    newer = store.launch("browser-b", "tab", 2, counter(1000, gate=gate))
-    store.adopt("session-s", "browser-b")
-    assert store.current("browser-b", "tab") is newer and early.stop_flag.is_set()
-    assert not newer.stop_flag.is_set()
-    store.adopt("browser-b", "browser-b")                   # a no-op, never a loop
-    assert store.current("browser-b", "tab") is newer
-    newer.stop_flag.set()
-    gate.set()
-    list(newer.follow()), list(early.follow())
-    time.sleep(0.1)
-    assert store.launch("session-s", "t2", 2, counter(1)).owner == "session-s"   # the alias has expired
-
-
 def test_inline_runs_are_driven_by_their_follower_and_end_with_it():
     store = RunStore(detached=False)
     run = store.launch("a", "tab", 2, counter(100))

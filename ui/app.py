@@ -8,7 +8,7 @@ from ui import models as models_panel
 from ui import dalle, diffusion, unclip, vqgan_clip
 from pipelines.registry import use_worker_threads
 from pipelines.zerogpu import ON_SPACES
-from ui.common import CLIENT_ID_JS, client_id_component, client_id_loader
+from ui.common import CLIENT_ID_JS, client_id_component
 from ui.runs import RunStore
 
 
@@ -30,8 +30,7 @@ def build_demo(registry) -> gr.Blocks:
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)
         # a reloaded page finds its runs again: the page sets its browser id, then follows each tab's run
-        loaded = demo.load(None, None, [store.client], js=CLIENT_ID_JS, api_name=False, queue=False) \
-            .then(client_id_loader(store), [store.client], None, api_name=False, queue=False)
+        loaded = demo.load(None, None, [store.client], js=CLIENT_ID_JS, api_name=False, queue=False)
         for fn, inputs, outputs, api_name in store.resumers:
             loaded.then(fn, inputs, outputs, api_name=api_name, concurrency_limit=None, show_progress="hidden")
     demo.store = store

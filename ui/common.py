@@ -91,20 +91,6 @@ def client_id_component() -> gr.Textbox:
     return gr.Textbox("", visible=False, elem_id="atelier_client_id")
 
 
-def client_id_loader(runs):
-    """The handler after the page has set its id: any run this page started before that becomes the browser's.
-
-    A Run clicked before the page's first script ran reaches the server with no id
-    and so belongs to the page's Gradio session; ``runs.adopt`` gives it to the
-    browser, so that Stop and a reload find it (see ui/runs.py).
-    """
-    def adopt(client_id, request: gr.Request):
-        browser = owner_of(client_id, None)
-        if browser.startswith("browser-") and getattr(request, "session_hash", None):
-            runs.adopt(owner_of(None, request), browser)
-    return adopt
-
-
 WAITING = "Waiting for another user's run to finish..."
 
 

@@ -10,11 +10,8 @@ pressed it.
 
 Runs are keyed by owner (the browser's id kept in its local storage, or the
 Gradio session for API clients) and tab, so one user's run is never shown to
-another. A run started before the page learnt its browser id (a click in the
-first moments after loading) belongs to the page's session until
-``RunStore.adopt`` hands it to the browser, so a reload still finds it. One
-engine runs at a time per process (``engine_lock``): a second user's run waits
-for the first, with a note, instead of sharing the device.
+another. One engine runs at a time per process (``engine_lock``): a second
+user's run waits for the first, with a note, instead of sharing the device.
 Finished runs are kept for ``keep_s`` seconds so a reload shows the result.
 """
 from __future__ import annotations
@@ -129,7 +126,6 @@ class RunStore:
         self.detached = detached
         self.engine_lock = threading.Lock()
         self._runs: dict[tuple[str, str], Run] = {}
-        self._aliases: dict[str, tuple[str, float]] = {}   # session owner -> (browser owner, when)
         self._lock = threading.Lock()
         self.resumers: list = []      # (fn, inputs, outputs) each tab registers, run on page load
 
@@ -140,10 +136,9 @@ class RunStore:
         A run of the same owner in the same tab is stopped first. ``waiting`` is
         published while the run waits for another user's run to finish.
         """
+        run = Run(owner, tab, n_outputs)
         with self._lock:
             self._prune()
-            owner = self._resolve(owner)
-            run = Run(owner, tab, n_outputs)
             old = self._runs.get((owner, tab))
             self._runs[(owner, tab)] = run
         if old is not None and not old.done:
@@ -181,39 +176,7 @@ class RunStore:
         """The owner's run in this tab: going, or finished within ``keep_s``."""
         with self._lock:
             self._prune()
-            return self._runs.get((self._resolve(owner), tab))
-
-    def adopt(self, session_owner: str, browser_owner: str) -> None:
-        """The page of ``session_owner`` now knows its browser id: its runs, now and later, are the browser's.
-
-        A run the session started replaces the browser's older run in the same tab
-        (which is stopped), as a new run of one owner always does.
-        """
-        if session_owner == browser_owner:
-            return
-        stale = []
-        with self._lock:
-            self._prune()
-            self._aliases[session_owner] = (browser_owner, time.time())
-            for (owner, tab), run in list(self._runs.items()):
-                if owner != session_owner:
-                    continue
-                del self._runs[(owner, tab)]
-                run.owner = browser_owner
-                other = self._runs.get((browser_owner, tab))
-                if other is not None and other.started > run.started:
-                    stale.append(run)
-                    continue
-                self._runs[(browser_owner, tab)] = run
-                if other is not None:
-                    stale.append(other)
-        for run in stale:
-            if not run.done:
-                run.stop_flag.set()
-
-    def _resolve(self, owner: str) -> str:
-        alias = self._aliases.get(owner)
-        return alias[0] if alias is not None else owner
+            return self._runs.get((owner, tab))
 
     def stop(self, owner: str, tab: str) -> bool:
         run = self.current(owner, tab)
@@ -228,9 +191,6 @@ class RunStore:
 
     def _prune(self) -> None:
         now = time.time()
-        for session, (_, when) in list(self._aliases.items()):
-            if now - when > self.keep_s:
-                del self._aliases[session]
         for key, run in list(self._runs.items()):
             if run.done and now - run.finished > self.keep_s:
                 del self._runs[key]
