@@ -45,14 +45,14 @@ def plain_loop(model, vqgan, clip, caption: str, steps: int, guidance: float, se
     import torch
     from diffusers import DDPMScheduler
 
-    from pipelines.models.diffusion import encode_prompts
+    from pipelines.models.diffusion import text_states
 
     scheduler = DDPMScheduler.from_config(model.scheduler_config)
     scheduler.set_timesteps(steps)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        cond = encode_prompts(model, clip, [caption])
-        uncond = encode_prompts(model, clip, [""])
+        cond = text_states(model, clip, [caption])
+        uncond = text_states(model, clip, [""])
         latents = torch.randn((1, *model.sample_shape), generator=gen)
         for t in scheduler.timesteps:
             tt = torch.tensor([int(t)])

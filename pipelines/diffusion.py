@@ -194,11 +194,11 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
     # 3. text conditioning: the prompt, and the negative prompt in the empty caption's place
     text_emb = null_emb = None
     if model.conditional:
-        from pipelines.models.diffusion import encode_prompts
+        from pipelines.models.diffusion import text_states
 
         with torch.no_grad():
-            text_emb = encode_prompts(model, clip, [req.prompt] * B).to(dtype)
-            null_emb = encode_prompts(model, clip, [req.negative_prompt] * B).to(dtype)
+            text_emb = text_states(model, clip, [req.prompt] * B).to(dtype)
+            null_emb = text_states(model, clip, [req.negative_prompt] * B).to(dtype)
 
     for note in notices:
         yield Step(ENGINE, "denoise", 0, total, notice=note)

@@ -66,9 +66,9 @@ def test_token_embeddings_widen_a_trained_model_without_changing_it(tmp_path):
     clip = load_clip(PRESETS_DIR / "weights" / "shapes-clip")
     model = dm.LatentDiffusion(dm.DiffusionConfig(block_out_channels=(32, 32))).eval()
     captions = ["a red circle", "a red star", ""]
-    last = dm.encode_prompts(model, clip, captions)
+    last = dm.text_states(model, clip, captions)
     wide = dm.with_text_inputs(model, ("last", "embed")).eval()
-    both = dm.encode_prompts(wide, clip, captions)
+    both = dm.text_states(wide, clip, captions)
     assert last.shape == (3, 32, 128) and both.shape == (3, 32, 256) and torch.equal(both[..., :128], last)
     embed = both[..., 128:]
     ids = clip.tokenizer(captions, padding="max_length", max_length=32, return_tensors="pt")["input_ids"]

@@ -236,7 +236,7 @@ def encode_text(clip, prompts: list[str], length: int, inputs: tuple[str, ...] =
     return torch.cat([states[k] for k in inputs], dim=-1) if len(inputs) > 1 else states[inputs[0]]
 
 
-def encode_prompts(model, clip, prompts: list[str]) -> torch.Tensor:
+def text_states(model, clip, prompts: list[str]) -> torch.Tensor:
     """The text states `model` (a LatentDiffusion) was trained to read, for prompts."""
     return encode_text(clip, prompts, model.config.text_len, model.config.text_inputs)
 

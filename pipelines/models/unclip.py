@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_prompts, encode_text
+from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text, text_states
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,9 @@ class DecoderConfig(DiffusionConfig):
         return self.image_dim + (self.text_len * self.context_dim if self.text_cond else 0)
 
 
-def pack_cond(image_emb: torch.Tensor, text_states: torch.Tensor | None = None) -> torch.Tensor:
+def pack_cond(image_emb: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
     """The decoder's conditioning as one (B, D [+ T * W]) tensor, so guidance batches it like any other."""
-    return image_emb if text_states is None else torch.cat([image_emb, text_states.flatten(1)], dim=1)
+    return image_emb if tokens is None else torch.cat([image_emb, tokens.flatten(1)], dim=1)
 
 
 class UnCLIPDecoder(LatentDiffusion):
@@ -245,7 +245,7 @@ def decoder_cond(decoder: UnCLIPDecoder, clip, image_emb: torch.Tensor, captions
     if not decoder.config.text_cond:
         return image_emb
     captions = [""] * len(image_emb) if captions is None else list(captions)
-    return pack_cond(image_emb, encode_prompts(decoder, clip, captions).to(image_emb.dtype))
+    return pack_cond(image_emb, text_states(decoder, clip, captions).to(image_emb.dtype))
 
 
 class ClampedDenoiser(nn.Module):

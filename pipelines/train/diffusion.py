@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, encode_prompts, fit_preview_rgb,
+from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, text_states, fit_preview_rgb,
                                        from_pretrained, save_pretrained, with_text_inputs)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
@@ -72,8 +72,8 @@ def sample_images(model, vqgan, clip, captions: list[str], seed: int, steps: int
     gen = torch.Generator().manual_seed(seed)
     scheduler = make_scheduler("DPM-Solver++", model.scheduler_config)
     scheduler.set_timesteps(steps)
-    text = encode_prompts(model, clip, captions)
-    null = encode_prompts(model, clip, [""] * len(captions))
+    text = text_states(model, clip, captions)
+    null = text_states(model, clip, [""] * len(captions))
     z = torch.randn((len(captions), *model.sample_shape), generator=gen)
     for s in denoise(model, scheduler, z, text, null, guidance, gen):
         z = s.x_next
@@ -156,7 +156,7 @@ def train(args) -> None:
         # 1. fresh scenes -> normalised latents z0; captions -> text states (some dropped)
         with torch.no_grad():
             z0 = raw.normalize(vqgan.encode_latent(to_x(imgs).to(device)))     # (B, 16, 8, 8)
-            text_emb = encode_prompts(raw, clip, captions)                     # (B, 32, 128 per text input)
+            text_emb = text_states(raw, clip, captions)                     # (B, 32, 128 per text input)
         # 2. noise at uniform timesteps
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         eps = torch.randn(z0.shape, generator=gen).to(device)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import encode_prompts, with_text_inputs
+from pipelines.models.diffusion import text_states, with_text_inputs
 from pipelines.models.diffusion import from_pretrained as load_diffusion
 from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
                                      decoder_cond, image_embedding, pack_cond, sampling_denoiser,
@@ -190,7 +190,7 @@ def train(args) -> None:
                 cond = e_img.masked_fill(drop[:, None].to(device), 0.0)          # zeros: unconditional
                 if raw.config.text_cond:                                         # + the caption, or the empty one
                     no_text = drop.numpy() | (rng.random(args.batch) < args.text_dropout)
-                    cond = pack_cond(cond, encode_prompts(raw, clip, ["" if d else c for c, d in zip(captions, no_text)]))
+                    cond = pack_cond(cond, text_states(raw, clip, ["" if d else c for c, d in zip(captions, no_text)]))
                 if cache is None:
                     x0 = raw.normalize(vqgan.encode_latent(x))                   # (B, 16, 8, 8)
         # 2. noise at uniform timesteps
