@@ -331,3 +331,5 @@ def test_training_command_trains_resumes_and_exports(tmp_path):
                 "--text-inputs", "last,embed"])
     assert dm.load_any(short).config.text_inputs == ("last", "embed")
     assert json.loads((short / "train.json").read_text())["metrics"] == {}
+    with pytest.raises(SystemExit):                      # an unknown text input is argparse's one-line error
+        train.main(["--out", str(short), "--text-inputs", "last,penultimate"])

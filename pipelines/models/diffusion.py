@@ -51,6 +51,16 @@ log = logging.getLogger(__name__)
 TEXT_INPUTS = ("last", "embed")   # CLIP text-encoder states a UNet can read (see encode_text)
 
 
+def parse_text_inputs(value: str) -> tuple[str, ...]:
+    """'last,embed' -> ('last', 'embed'): the trainers' --text-inputs."""
+    import argparse
+
+    inputs = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not inputs or set(inputs) - set(TEXT_INPUTS):
+        raise argparse.ArgumentTypeError(f"{value!r}: give some of {', '.join(TEXT_INPUTS)}, comma-separated")
+    return inputs
+
+
 @dataclass
 class DiffusionConfig:
     latent_channels: int = 16         # the built-in VQGAN's embed_dim

@@ -35,7 +35,7 @@ from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
 from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, text_states, fit_preview_rgb,
-                                       from_pretrained, save_pretrained, with_text_inputs)
+                                       from_pretrained, parse_text_inputs, save_pretrained, with_text_inputs)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from pipelines.train import common
 
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
                    help="v keeps x0 estimates sane at the noisiest steps, where eps-prediction amplifies errors")
     p.add_argument("--init", help="a checkpoint.pt whose model weights to start from, or an exported model folder "
                                   "(its architecture and latent statistics too)")
-    p.add_argument("--text-inputs", type=lambda v: tuple(v.split(",")), default=("last",),
+    p.add_argument("--text-inputs", type=parse_text_inputs, default=("last",), metavar="last[,embed]",
                    help="CLIP text states the UNet reads, comma-separated: last (the last layer), embed (the token "
                         "embeddings, where shape words still differ). With --init of an exported model, the new "
                         "ones are added with zero weights")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from pipelines import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
-from pipelines.models.diffusion import text_states, with_text_inputs
+from pipelines.models.diffusion import parse_text_inputs, text_states, with_text_inputs
 from pipelines.models.diffusion import from_pretrained as load_diffusion
 from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig, UnCLIPDecoder, encode_prompt,
                                      decoder_cond, image_embedding, pack_cond, sampling_denoiser,
@@ -286,7 +286,7 @@ def main(argv=None) -> None:
     p.add_argument("--image-tokens", type=int, default=4, help="decoder: cross-attention tokens from the embedding")
     p.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction"], help="decoder's target")
     p.add_argument("--text-cond", action="store_true", help="decoder: also read the caption's CLIP token states")
-    p.add_argument("--text-inputs", type=lambda v: tuple(v.split(",")), default=None,
+    p.add_argument("--text-inputs", type=parse_text_inputs, default=None, metavar="last[,embed]",
                    help="decoder with --text-cond: CLIP text states it reads, comma-separated (last, embed; see "
                         "pipelines.train.diffusion); with --init, new ones are added with zero weights")
     p.add_argument("--text-dropout", type=float, default=0.5,
