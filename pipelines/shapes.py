@@ -163,6 +163,28 @@ def _parse_object(words: list[str], i: int) -> tuple[ObjectSpec, int]:
     return ObjectSpec(color, shape, size), i + 2
 
 
+_CONVERSE = {"to the right of": "to the left of", "below": "above"}
+
+
+def top_left_first(text: str) -> str:
+    """The same caption with its two objects named top or left one first: "A below B" becomes
+    "B above A", "A to the right of B" becomes "B to the left of A" (sizes go with their objects);
+    any other text, in the grammar or not, comes back as it is.
+
+    A model trained on captions in this form only has to learn that the first object goes top or
+    left, a binding by word order; with both directions it must also read which way the relation
+    word points (see LatentDiffusion's text_states), which the shapes CLIP all but erases.
+    """
+    try:
+        scene = parse_caption(text)
+    except CaptionError:
+        return text
+    if scene.relation not in _CONVERSE:
+        return text
+    a, b = scene.objects
+    return Scene((b, a), relation=_CONVERSE[scene.relation], background=scene.background).caption()
+
+
 def parse_caption(text: str) -> Scene:
     """Parse a caption of the shapes grammar into a Scene; raise CaptionError otherwise.
 

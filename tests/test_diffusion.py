@@ -90,6 +90,19 @@ def test_token_embeddings_widen_a_trained_model_without_changing_it(tmp_path):
         dm.with_text_inputs(wide, ("embed",))
 
 
+def test_a_model_trained_top_left_first_reads_captions_in_that_form():
+    """top_left_first: text_states rewrites 'A below B' as 'B above A' for such a model, and only for it."""
+    from pipelines.models.clip import load_clip
+
+    clip = load_clip(PRESETS_DIR / "weights" / "shapes-clip")
+    plain = dm.LatentDiffusion(dm.DiffusionConfig(block_out_channels=(32, 32)))
+    tlf = dm.LatentDiffusion(dm.DiffusionConfig(block_out_channels=(32, 32), top_left_first=True))
+    below, above = "a red circle below a blue square", "a blue square above a red circle"
+    assert torch.equal(dm.text_states(tlf, clip, [below]), dm.text_states(plain, clip, [above]))
+    assert not torch.allclose(dm.text_states(plain, clip, [below]), dm.text_states(plain, clip, [above]))
+    assert torch.equal(dm.text_states(tlf, clip, ["a cat"]), dm.text_states(plain, clip, ["a cat"]))
+
+
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
 def test_x0_prediction_inverts_the_forward_process(kind):
     sched = make_scheduler("DDIM", {"prediction_type": kind})
@@ -331,5 +344,11 @@ def test_training_command_trains_resumes_and_exports(tmp_path):
                 "--text-inputs", "last,embed"])
     assert dm.load_any(short).config.text_inputs == ("last", "embed")
     assert json.loads((short / "train.json").read_text())["metrics"] == {}
+    # continuing from that export keeps its text inputs unless told (it once fell back to "last" and refused)
+    again = tmp_path / "again"
+    train.main(["--out", str(again), "--run-dir", str(tmp_path / "run_again"), "--init", str(short),
+                "--batch", "2", "--steps", "1", "--sample-every", "0", "--grid-steps", "1", "--top-left-first"])
+    cfg = dm.load_any(again).config
+    assert cfg.text_inputs == ("last", "embed") and cfg.top_left_first
     with pytest.raises(SystemExit):                      # an unknown text input is argparse's one-line error
         train.main(["--out", str(short), "--text-inputs", "last,penultimate"])

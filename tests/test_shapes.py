@@ -454,3 +454,26 @@ def test_anti_aliased_edges():
     assert partial >= 20  # a hard-edged disc would have none
     levels = np.unique(np.round(a[(a > 0.05) & (a < 0.95)], 2))
     assert len(levels) >= 8  # many coverage levels: supersampled, not a single blur step
+
+
+def test_top_left_first_names_the_same_scene_from_the_top_or_left_object():
+    """'A below B' -> 'B above A': the rewritten caption is true of exactly the layouts the original is."""
+    assert S.top_left_first("a small red circle below a large blue square on a white background") == \
+        "a large blue square above a small red circle on a white background"
+    assert S.top_left_first("a red star to the right of a green cross") == "a green cross to the left of a red star"
+    for text in ("a red star above a green cross", "a red star to the left of a green cross", "a red star",
+                 "a red star at the top", "a cat in a hat"):
+        assert S.top_left_first(text) == text
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        scene = S.full_caption_scene(rng, exclude=(), two=True)
+        out = parse_caption(S.top_left_first(scene.caption()))
+        assert out.relation in ("above", "to the left of") and out.background == scene.background
+        _, lay = S.render_with_layout(scene, 32, rng)
+        a, b = lay.objects                       # the original caption's first and second object
+        top_left = a if (a.cy < b.cy if out.relation == "above" else a.cx < b.cx) else b
+        assert (top_left.color, top_left.shape, top_left.size) == astuple(out.objects[0])
+
+
+def astuple(o):
+    return (o.color, o.shape, o.size)

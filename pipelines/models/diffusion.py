@@ -72,6 +72,7 @@ class DiffusionConfig:
     text_dim: int = 128               # width of the CLIP text encoder's hidden states
     text_len: int = 32                # CLIP context length: captions are always padded to it
     text_inputs: tuple[str, ...] = ("last",)  # CLIP text states per token, concatenated: "last", "embed"
+    top_left_first: bool = False      # captions rewritten with the top or left object named first (shapes.top_left_first)
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"     # DDPM's schedule, beta 1e-4 .. 0.02
     beta_start: float = 0.0001
@@ -247,7 +248,12 @@ def encode_text(clip, prompts: list[str], length: int, inputs: tuple[str, ...] =
 
 
 def text_states(model, clip, prompts: list[str]) -> torch.Tensor:
-    """The text states `model` (a LatentDiffusion) was trained to read, for prompts."""
+    """The text states `model` (a LatentDiffusion) was trained to read, for prompts (in the caption form
+    it was trained on: see DiffusionConfig.top_left_first)."""
+    if model.config.top_left_first:
+        from pipelines.shapes import top_left_first
+
+        prompts = [top_left_first(p) for p in prompts]
     return encode_text(clip, prompts, model.config.text_len, model.config.text_inputs)
 
 

@@ -122,13 +122,17 @@ def train(args) -> None:
                           latent_size=SIZE // vqgan.factor, image_size=SIZE,
                           text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
                           vqgan=Path(args.vqgan).name, clip=Path(args.clip).name,
-                          prediction_type=args.prediction_type, text_inputs=args.text_inputs)
+                          prediction_type=args.prediction_type, text_inputs=args.text_inputs or ("last",),
+                          top_left_first=args.top_left_first)
     if args.init and Path(args.init).is_dir():  # an exported model: its architecture, statistics and weights
         model = from_pretrained(args.init).train()
-        if args.text_inputs != model.config.text_inputs:   # e.g. add the token embeddings to a trained model
+        if args.text_inputs and args.text_inputs != model.config.text_inputs:  # e.g. add the token embeddings
             model = with_text_inputs(model, args.text_inputs)
+        if args.top_left_first:
+            model.config.top_left_first = True
         cfg = model.config
-        log.info("initial model %s (text inputs %s)", args.init, ",".join(cfg.text_inputs))
+        log.info("initial model %s (text inputs %s%s)", args.init, ",".join(cfg.text_inputs),
+                 ", top or left object first" if cfg.top_left_first else "")
     else:
         model = LatentDiffusion(cfg)
         model.set_latent_stats(*latent_stats(vqgan, args.stat_images, args.seed))
@@ -211,10 +215,13 @@ def main(argv=None) -> None:
                    help="v keeps x0 estimates sane at the noisiest steps, where eps-prediction amplifies errors")
     p.add_argument("--init", help="a checkpoint.pt whose model weights to start from, or an exported model folder "
                                   "(its architecture and latent statistics too)")
-    p.add_argument("--text-inputs", type=parse_text_inputs, default=("last",), metavar="last[,embed]",
-                   help="CLIP text states the UNet reads, comma-separated: last (the last layer), embed (the token "
-                        "embeddings, where shape words still differ). With --init of an exported model, the new "
-                        "ones are added with zero weights")
+    p.add_argument("--text-inputs", type=parse_text_inputs, metavar="last[,embed]",
+                   help="CLIP text states the UNet reads, comma-separated: last (the last layer; the default), embed "
+                        "(the token embeddings, where shape words still differ). With --init of an exported model: "
+                        "its own unless given; new ones are added with zero weights")
+    p.add_argument("--top-left-first", action="store_true",
+                   help="train (and so sample) on captions that name the top or left object first: 'A below B' "
+                        "is read as 'B above A' (pipelines.shapes.top_left_first)")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
