@@ -156,6 +156,25 @@ def test_worker_processes_draw_the_same_batches_in_the_same_order():
     assert [x[2].random() for x in a] == [x[2].random() for x in b]
 
 
+def test_diffusion_p_optional_sets_how_often_captions_state_size_position_and_background():
+    """--p-optional: 1 states every optional part of every caption, 0 none; dropped captions stay empty."""
+    from pipelines import shapes
+    from pipelines.train import diffusion as train_diffusion
+
+    def stated(p):
+        _, captions = train_diffusion.draw_batch(5, 64, 0.0, 0, p_optional=p)
+        scenes = [shapes.parse_caption(c) for c in captions]
+        parts = [[o.size for o in s.objects] + [s.background] + ([s.position] if len(s.objects) == 1 else [])
+                 for s in scenes]
+        return sum(x is not None for ps in parts for x in ps) / sum(len(ps) for ps in parts)
+
+    assert stated(1.0) == 1.0 and stated(0.0) == 0.0
+    assert 0.3 < stated(0.5) < 0.7
+    _, default = train_diffusion.draw_batch(5, 64, 0.0, 0)
+    assert default == train_diffusion.draw_batch(5, 64, 0.0, 0, p_optional=0.5)[1]
+    _, dropped = train_diffusion.draw_batch(5, 64, 1.0, 0, p_optional=1.0)
+    assert dropped == [""] * 64
+
 def _weights(path):
     from safetensors.torch import load_file
 

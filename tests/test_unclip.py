@@ -369,7 +369,7 @@ def test_a_text_reading_decoder_starts_from_the_diffusion_unet_and_reads_both_in
     assert isinstance(events[-1], Final) and len(events[-1].images) == 2
 
 
-def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text_model):
+def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text_model, tiny):
     from pipelines.models.diffusion import save_pretrained as save_diffusion
     from pipelines.train import unclip as train
 
@@ -386,3 +386,24 @@ def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text
     assert "--init-diffusion" in json.loads((out / "train.json").read_text())["command"]
     with pytest.raises(SystemExit, match="drop --cache"):
         train.main(args + ["--cache", "16"])
+    # a text model reading the token embeddings, trained top-left-first: the decoder reads its text the same
+    # way (the same cross-attention widths, the same caption form), and starts as that model
+    import dataclasses
+
+    from pipelines.models.diffusion import LatentDiffusion, text_states, with_text_inputs
+    wide = with_text_inputs(tiny_text_model, ("last", "embed"))
+    wide = LatentDiffusion(dataclasses.replace(wide.config, top_left_first=True))
+    wide.load_state_dict(with_text_inputs(tiny_text_model, ("last", "embed")).state_dict())
+    torch.nn.init.normal_(wide.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_k.weight, std=0.2)
+    save_diffusion(wide.eval(), tmp_path / "wide")
+    out2 = tmp_path / "decoder_wide"
+    train.main(["decoder", "--out", str(out2), "--run-dir", str(tmp_path / "run2"), "--batch", "4", "--steps", "1",
+                "--sample-every", "100", "--grid-steps", "2", "--init-diffusion", str(tmp_path / "wide"), "--text-cond",
+                "--lr", "0"])
+    dec = um.from_pretrained(out2, "decoder").eval()
+    assert dec.config.text_inputs == ("last", "embed") and dec.config.top_left_first
+    clip = tiny.clip
+    caption = ["a red circle below a blue square"]
+    assert torch.equal(text_states(dec, clip, caption), text_states(dec, clip, ["a blue square above a red circle"]))
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    assert torch.allclose(dec.unet.state_dict()[key], wide.unet.state_dict()[key], atol=1e-3)  # half-precision export

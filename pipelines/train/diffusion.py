@@ -86,10 +86,12 @@ def preview_images(seed: int, n: int = 1024) -> torch.Tensor:
     return to_x(shapes.sample_batch(n, SIZE, np.random.default_rng([seed, 10**6 + 1]))[0])
 
 
-def draw_batch(seed: int, n: int, caption_dropout: float, step: int) -> tuple[np.ndarray, list[str]]:
-    """The scenes and captions of one training step (a share of captions emptied for guidance)."""
+def draw_batch(seed: int, n: int, caption_dropout: float, step: int,
+               p_optional: float = 0.5) -> tuple[np.ndarray, list[str]]:
+    """The scenes and captions of one training step (a share of captions emptied for guidance);
+    each optional part of a caption (size, position, background) is stated with p_optional."""
     rng = common.batch_rng(seed, step)
-    imgs, captions = shapes.sample_batch(n, SIZE, rng)
+    imgs, captions = shapes.sample_batch(n, SIZE, rng, p_optional=p_optional)
     return imgs, ["" if rng.random() < caption_dropout else c for c in captions]
 
 
@@ -152,7 +154,8 @@ def train(args) -> None:
     device = accelerator.device
     vqgan.to(device), clip.to(device), ema.to(device)
 
-    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.caption_dropout),
+    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.caption_dropout,
+                                                     p_optional=args.p_optional),
                                   start, args.steps, args.workers)
     for step, (imgs, captions) in zip(range(start, args.steps), batches):
         raw.train()
@@ -222,6 +225,8 @@ def main(argv=None) -> None:
     p.add_argument("--top-left-first", action="store_true",
                    help="train (and so sample) on captions that name the top or left object first: 'A below B' "
                         "is read as 'B above A' (pipelines.shapes.top_left_first)")
+    p.add_argument("--p-optional", type=float, default=0.5,
+                   help="how often a training caption states each optional part (size, position, background)")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")

@@ -120,16 +120,23 @@ def new_model(args, clip, vqgan) -> DiffusionPrior | UnCLIPDecoder:
                                           text_len=clip.context_length, n_layer=args.layers, n_head=args.heads,
                                           n_embd=args.width, clip=Path(args.clip).name))
     base = load_diffusion(args.init_diffusion) if args.init_diffusion else None
-    if base is not None:   # the text-to-image model's architecture, schedule and latent statistics
+    top_left_first = False
+    if base is not None:   # the text-to-image model's architecture, schedule, text reading and latent statistics
         args.channels = ",".join(str(c) for c in base.config.block_out_channels)
         args.layers, args.prediction_type = base.config.layers_per_block, base.config.prediction_type
+        # its cross-attention's width (the text states it reads) and its caption form
+        args.text_inputs = args.text_inputs or base.config.text_inputs
+        top_left_first = base.config.top_left_first
     model = UnCLIPDecoder(DecoderConfig(
         block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
         latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
         text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
         vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens,
-        prediction_type=args.prediction_type, text_cond=args.text_cond, text_inputs=args.text_inputs or ("last",)))
+        prediction_type=args.prediction_type, text_cond=args.text_cond, text_inputs=args.text_inputs or ("last",),
+        top_left_first=top_left_first))
     if base is not None:
+        if tuple(model.config.text_inputs) != tuple(base.config.text_inputs):
+            base = with_text_inputs(base, model.config.text_inputs)
         model.init_from_diffusion(base)
         log.info("decoder UNet initialised from %s", args.init_diffusion)
     else:
