@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="shapes")
     p.add_argument("--per-category", type=int, default=10)
     p.add_argument("--variations", type=int, default=4)
+    p.add_argument("--strength", type=float, default=None, help="variation strength (default: the preset's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="reports/eval/unclip-variations.json")
     a = p.parse_args(argv)
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     registry = Registry()
     settings = {**load_preset(a.preset).defaults.get(ENGINE, {}), "preview_every": 0}
+    if a.strength is not None:
+        settings["strength"] = a.strength
     t0 = time.time()
     report = {"preset": a.preset, "variations_per_source": a.variations, "settings": settings, "categories": {}}
     total = [0, 0]

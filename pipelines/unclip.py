@@ -2,7 +2,9 @@
 
     text to image    e_txt = CLIP(prompt);  the prior samples K candidate image embeddings and
                      keeps the one closest to e_txt (as DALLE2-pytorch does); the decoder paints it
-    variations       e_img = CLIP(upload);  the decoder paints it N times from different noise
+    variations       e_img = CLIP(upload);  the decoder paints it N times from different noise; below
+                     strength 1 it starts from the upload itself noised to that share of the schedule
+                     (image to image, as in the diffusion tab), so the layout survives as well
     interpolation    two ends (prompts through the prior, or images through CLIP), spherically
                      interpolated, e(w) = slerp(e_a, e_b, w); every frame is painted from the same
                      noise so the only change between frames is the embedding
@@ -74,6 +76,8 @@ class UnCLIPRequest:
     prompt_b: str = ""                    # interpolate: the second end (unless image_b)
     image_b: Image.Image | None = None
     frames: int = 8                       # interpolate: pictures from end a to end b, both included
+    strength: float = 1.0                 # variations: share of the decoder's schedule run from the noised
+                                          # source; 1 = from pure noise (only the embedding is kept)
     preview_every: int = 5                # 0 = no previews
 
     def replace(self, **kw) -> "UnCLIPRequest":
@@ -126,6 +130,7 @@ def validate(req: UnCLIPRequest) -> UnCLIPRequest:
         seed=_number("Seed", req.seed, 0, 2**63 - 1, integer=True),
         batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
         frames=_number("Frames", req.frames, 2, MAX_FRAMES, integer=True),
+        strength=_number("Variation strength", req.strength, 0, 1),
         preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
 
 
@@ -160,6 +165,7 @@ class UnCLIPParts:
         decoder_cond(emb, prompts)     the decoder's conditioning (prompts: text mode's, else None)
         decoder_null(n)                its unconditional input
         decode(z), preview(z)          the decoder's sample -> pictures in [-1, 1] (N, 3, H, W); preview may be cheaper
+        encode(images)                 PIL pictures -> the decoder's sample space (variations below strength 1)
         device, pool_key               where it runs; what the caption pool's embeddings depend on
     Embeddings may carry a norm (Karlo's do); similarities and interpolation use their directions.
     """
@@ -209,6 +215,9 @@ class UnCLIPParts:
         return self.vqgan.decode(z_q).clamp(-1, 1)
 
     preview = decode                          # cheap here: one VQGAN decoder pass
+
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.decoder.normalize(self.vqgan.encode_latent(_pixels(images, self.image_size, self.device)))
 
 
 def _pixels(images: list[Image.Image], side: int, device) -> torch.Tensor:
@@ -341,9 +350,11 @@ def _prior_stage(req, parts, prompts: list[str], gen, stage_count: int, t0: floa
 
 
 def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noise: torch.Tensor, gen,
-                   stage_index: int, stage_count: int, t0: float, should_stop, out: dict):
-    """Paint pictures from unit-norm embeddings (B, D), starting from noise (B, ...). Yields Steps;
-    leaves the pictures in [-1, 1] and how far it got in out."""
+                   stage_index: int, stage_count: int, t0: float, should_stop, out: dict,
+                   source: torch.Tensor | None = None):
+    """Paint pictures from unit-norm embeddings (B, D), starting from noise (B, ...), or, given a
+    source sample (1, ...) and req.strength < 1, from the source noised to the last req.strength of
+    the schedule. Yields Steps; leaves the pictures in [-1, 1] and how far it got in out."""
     dec = parts.decoder
     device, dtype = noise.device, noise.dtype
     scheduler = make_scheduler(req.sampler, dec.scheduler_config)
@@ -351,22 +362,32 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
     B = len(emb)
     with torch.no_grad():
         cond, null = parts.decoder_cond(emb.to(device), prompts), parts.decoder_null(B)
-    x = noise * scheduler.init_noise_sigma
+    start = 0
+    if source is not None:
+        start = req.steps - min(req.steps, int(round(req.steps * req.strength)))
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+    total = req.steps - start
+    if start:
+        z0 = source.to(device, dtype).expand(B, *source.shape[1:])
+        x = scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(B)) if total else z0
+    else:
+        x = noise * scheduler.init_noise_sigma
     x0, done = x, 0
-    for s in denoise(dec, scheduler, x, cond.to(dtype), null.to(dtype), req.guidance, gen):
+    for s in denoise(dec, scheduler, x, cond.to(dtype), null.to(dtype), req.guidance, gen, start=start):
         x, x0, done = s.x_next, s.x0_pred, s.i + 1
         previews = {}
-        if req.preview_every and (s.i % req.preview_every == 0 or done == req.steps):
+        if req.preview_every and (s.i % req.preview_every == 0 or done == total):
             with torch.no_grad():
                 both = parts.preview(torch.cat([s.x_t, s.x0_pred]))
             previews = {"x_t": _show(both[:B]), "x0_pred": _show(both[B:])}
-        yield Step(ENGINE, "decoder", done, req.steps, stage_index, stage_count, t=float(s.t), previews=previews,
+        yield Step(ENGINE, "decoder", done, total, stage_index, stage_count, t=float(s.t), previews=previews,
                    elapsed_s=time.perf_counter() - t0)
         if should_stop():
             break
-    out["done"] = done
+    out["done"], out["total"] = done, total
     with torch.no_grad():
-        out["x"] = parts.decode(x0 if done < req.steps else x)
+        out["x"] = parts.decode(x0 if done < total else x)
 
 
 # ---------------------------------------------------------------------------
@@ -383,6 +404,7 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
     prior_gen = torch.Generator().manual_seed((req.seed + 1) % 2**63)
     state: dict = {}
     dtype = next(parts.decoder.parameters()).dtype
+    source = None
     meta = {"engine": ENGINE, "app_version": __version__, **(info or {}), "settings": _settings(req),
             "mode": req.mode, "device": str(device)}
     prior_used = False
@@ -396,6 +418,8 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
         elif req.mode == "variations":
             with torch.no_grad():
                 emb = parts.image_embedding([req.image]).repeat(req.batch, 1)
+                if req.strength < 1:
+                    source = parts.encode([req.image]).to(dtype)
         else:
             ends = [_end(req, "a"), _end(req, "b")]
             texts = [v for k, v in ends if k == "text"]
@@ -417,14 +441,14 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
         noise = noise.expand(len(emb), *noise.shape[1:]).contiguous()
         prompts = [req.prompt] * len(emb) if req.mode == "text" else None
         yield from _decoder_stage(req, parts, emb, prompts, noise, gen, int(prior_used), 1 + int(prior_used), t0,
-                                  should_stop, state)
+                                  should_stop, state, source)
     except _Stopped:
         meta.update(stopped_in="prior", steps_done=0, steps_total=req.steps, stopped=True,
                     seconds=round(time.perf_counter() - t0, 3))
         yield Final(ENGINE, [], meta, stopped=True)
         return
-    stopped = state["done"] < req.steps
-    meta.update(steps_done=state["done"], steps_total=req.steps, stopped=stopped,
+    stopped = state["done"] < state["total"]
+    meta.update(steps_done=state["done"], steps_total=state["total"], stopped=stopped,
                 seconds=round(time.perf_counter() - t0, 3))
     if stopped:
         meta["stopped_in"] = "decoder"
@@ -470,8 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=d.frames)
     p.add_argument("--preset", default=d.preset)
     for name in ("prior-sampler", "prior-steps", "prior-guidance", "candidates", "sampler", "steps", "guidance",
-                 "preview-every"):
-        kind = str if "sampler" in name else (float if "guidance" in name else int)
+                 "strength", "preview-every"):
+        kind = str if "sampler" in name else (float if ("guidance" in name or name == "strength") else int)
         p.add_argument(f"--{name}", type=kind, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch", type=int, default=d.batch)
@@ -498,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             image=load(a.vary, "image to vary") if a.vary else load(a.from_image, "first image"),
             prompt_b=a.to or "", image_b=load(a.to_image, "second image"),
             **{k: pick(k) for k in ("prior_sampler", "prior_steps", "prior_guidance", "candidates", "sampler",
-                                    "steps", "guidance", "preview_every")})
+                                    "steps", "guidance", "strength", "preview_every")})
         registry = Registry(device=a.device)
         stop = {"now": False}
         signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result

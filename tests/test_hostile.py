@@ -34,7 +34,7 @@ def unclip():
 
 
 def unclip_variations():
-    return ["shapes", None, 1, "DDIM", 2, 2.0, "DPM-Solver++", 2, 3.0, 0, 1, 8]
+    return ["shapes", None, 1, 1.0, "DDIM", 2, 2.0, "DPM-Solver++", 2, 3.0, 0, 1, 8]
 
 
 # api name -> (a quick valid call, its file inputs: index -> takes a list, index of the status line)

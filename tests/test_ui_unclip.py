@@ -66,9 +66,10 @@ def test_text_to_image_shows_the_prior_pick_and_the_decoder_steps(client):
 def test_four_variations_of_an_upload(client, picture):
     from gradio_client import handle_file
 
-    outs = list(client.submit("shapes", handle_file(picture), 4, *SHARED, 8, api_name="/unclip_variations"))
+    outs = list(client.submit("shapes", handle_file(picture), 4, 0.5, *SHARED, 8, api_name="/unclip_variations"))
     status, prior, x_t, x0, gallery, strip, video, files, settings = outs[-1]
     assert status.startswith("**Done**") and "similarity to the source" in status
+    assert settings["settings"]["strength"] == 0.5 and settings["steps_total"] == 2   # half of the 4 decoder steps
     assert len(gallery) == 4 and settings["mode"] == "variations" and len(settings["similarity_to_source"]) == 4
 
 
@@ -99,7 +100,7 @@ def test_an_unreadable_picture_to_vary_is_a_clear_message(client, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("this is not a picture")
     with pytest.raises(AppError, match="not an image"):
-        client.predict("shapes", handle_file(str(bad)), 4, *SHARED, 8, api_name="/unclip_variations")
+        client.predict("shapes", handle_file(str(bad)), 4, 1.0, *SHARED, 8, api_name="/unclip_variations")
 
 
 def test_stop_keeps_what_was_made(client):
@@ -120,4 +121,4 @@ def test_load_settings_from_png(client):
     png = [f for f in outs[-1][7] if f.endswith(".png")][0]
     values = client.predict(handle_file(png), api_name="/unclip_load")
     assert values[0] == "shapes" and values[1] == PROMPT and values[2] == PROMPT
-    assert values[5] == 3 and values[13] == 42 and "loaded" in values[-1]
+    assert values[5] == 3 and values[7] == 1.0 and values[14] == 42 and "loaded" in values[-1]

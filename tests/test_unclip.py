@@ -128,6 +128,27 @@ def test_variations_paint_n_pictures_from_one_embedding(tiny):
     assert "prior" not in final.meta
 
 
+def test_variation_strength_runs_that_share_of_the_schedule_from_the_noised_source(tiny):
+    src = _circle()
+    events = list(engine.sample(_req(mode="variations", image=src, batch=2, steps=10, strength=0.3), tiny, CPU))
+    steps, final = events[:-1], events[-1]
+    assert [s.step for s in steps] == [1, 2, 3] and steps[0].total == 3 and final.meta["steps_done"] == 3
+    # strength 0 paints nothing new: the source through the VQGAN, the same for every noise
+    copy = generate(engine.sample(_req(mode="variations", image=src, batch=2, strength=0.0), tiny, CPU))
+    assert final.meta["settings"]["strength"] == 0.3 and copy.meta["steps_done"] == 0
+    with torch.no_grad():
+        through = tiny.decode(tiny.encode([src]))[0]
+    assert np.array_equal(np.asarray(copy.images[0]), np.asarray(media.to_pil(through)))
+    assert np.array_equal(np.asarray(copy.images[0]), np.asarray(copy.images[1]))
+    # the lower the strength, the closer the variations stay to the source (the untrained decoder
+    # paints noise, so from pure noise they land far from it)
+    def distance(strength):
+        out = generate(engine.sample(_req(mode="variations", image=src, batch=2, steps=10, strength=strength),
+                                     tiny, CPU))
+        return np.mean([np.abs(np.asarray(im, float) - np.asarray(src, float)).mean() for im in out.images])
+    assert distance(0.2) < distance(1.0)
+
+
 def test_slerp_keeps_unit_norm_and_hits_both_ends():
     a, b = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
     path = engine.slerp(a, b, torch.linspace(0, 1, 5))
@@ -177,6 +198,7 @@ def test_stop_in_the_decoder_keeps_the_clean_estimate_and_in_the_prior_paints_no
     ({"steps": 0}, "Decoder steps must be"),
     ({"prior_guidance": -1}, "Prior guidance must be"),
     ({"candidates": 17}, "Prior samples must be"),
+    ({"mode": "variations", "image": Image.new("RGB", (32, 32)), "strength": 1.5}, "Variation strength must be"),
     ({"batch": 1.5}, "Batch size must be a whole number"),
     ({"sampler": "Euler"}, "Unknown decoder sampler"),
     ({"mode": "paint"}, "Unknown mode"),
@@ -241,6 +263,8 @@ def test_karlo_layout_loads_through_the_registry_and_runs_every_mode(karlo_folde
     assert len(text.images) == 2 and text.images[0].size == (32, 32)  # after super-resolution
     vary = generate(engine.sample(_req(mode="variations", image=_circle(), batch=2, steps=2), karlo, CPU))
     assert len(vary.images) == 2
+    near = generate(engine.sample(_req(mode="variations", image=_circle(), batch=2, steps=4, strength=0.5), karlo, CPU))
+    assert len(near.images) == 2 and near.meta["steps_done"] == 2   # from the source at its 64 px size, noised
     events = list(engine.sample(_req(mode="interpolate", image=_circle(), prompt_b="a blue star", frames=3,
                                      steps=2, prior_steps=2), karlo, CPU))
     assert len(events[-1].images) == 3

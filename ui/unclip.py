@@ -19,7 +19,7 @@ EXAMPLES = [[EXAMPLE], ["a large yellow star on a black background"], ["a green 
 # the settings every mode shares, in the order of the handlers' parameters after the mode's own
 SHARED = ("prior_sampler", "prior_steps", "prior_guidance", "sampler", "steps", "guidance", "seed", "preview_every")
 # widgets restored by "load settings", in this order
-SETTING_FIELDS = ("preset", "prompt", "prompt_b", "batch", "candidates", "frames", *SHARED)
+SETTING_FIELDS = ("preset", "prompt", "prompt_b", "batch", "candidates", "frames", "strength", *SHARED)
 
 
 def _path(f) -> str:
@@ -97,8 +97,12 @@ def build(registry, runs: RunStore) -> None:
                 with gr.Tab("Variations", id="unc_vary_tab"):
                     # a File, not an Image: every upload is decoded by media.load_image, with its size limits
                     vary_image = gr.File(label="A picture to vary", file_types=["image"], elem_id="unc_vary_image")
-                    vary_n = gr.Number(label=f"Variations (1-{engine.MAX_BATCH})", value=4, precision=0,
-                                       elem_id="unc_vary_n")
+                    with gr.Row():
+                        vary_n = gr.Number(label=f"Variations (1-{engine.MAX_BATCH})", value=4, precision=0,
+                                           elem_id="unc_vary_n")
+                        strength = gr.Slider(0, 1, value=d["strength"], step=0.05, elem_id="unc_strength",
+                                             label="Variation strength (1: painted from noise, only CLIP's "
+                                                   "embedding kept; lower: from the picture itself, noised)")
                     vary_btn = gr.Button("Make variations", variant="primary", elem_id="unc_vary")
                 with gr.Tab("Interpolation", id="unc_blend_tab"):
                     gr.Markdown("Each end is a prompt, or a picture when one is uploaded.")
@@ -223,11 +227,12 @@ def build(registry, runs: RunStore) -> None:
                                                        candidates=candidates, batch=batch, **shared),
                           fps_value, client_id, request)
 
-    def vary(preset, image, n, prior_sampler, prior_steps, prior_guidance, sampler, steps, guidance, seed,
-             preview_every, fps_value, client_id, request: gr.Request):
+    def vary(preset, image, n, strength_value, prior_sampler, prior_steps, prior_guidance, sampler, steps, guidance,
+             seed, preview_every, fps_value, client_id, request: gr.Request):
         shared = _shared((prior_sampler, prior_steps, prior_guidance, sampler, steps, guidance, seed, preview_every))
         yield from launch(lambda: engine.UnCLIPRequest(mode="variations", preset=preset,
-                                                       image=_upload(image, "picture to vary"), batch=n, **shared),
+                                                       image=_upload(image, "picture to vary"), batch=n,
+                                                       strength=strength_value, **shared),
                           fps_value, client_id, request)
 
     def blend(preset, prompt_a, image_a, prompt_b, image_b, n_frames, prior_sampler, prior_steps, prior_guidance,
@@ -261,19 +266,20 @@ def build(registry, runs: RunStore) -> None:
             dflt = load_preset(name).defaults.get(engine.ENGINE, {})
         except ValueError as e:
             raise user_error(e) from None
-        return [dflt[k] if k in dflt else gr.skip() for k in ("candidates", *SHARED)]
+        return [dflt[k] if k in dflt else gr.skip() for k in ("candidates", "strength", *SHARED)]
 
     extra = [fps, runs.client]
     gen_event = run_btn.click(generate, [preset, prompt, candidates, batch, *shared_inputs, *extra], outputs,
                               api_name="unclip", concurrency_limit=1, concurrency_id="engines")
-    vary_btn.click(vary, [preset, vary_image, vary_n, *shared_inputs, *extra], outputs,
+    vary_btn.click(vary, [preset, vary_image, vary_n, strength, *shared_inputs, *extra], outputs,
                    api_name="unclip_variations", concurrency_limit=1, concurrency_id="engines")
     blend_btn.click(blend, [preset, prompt_a, image_a, prompt_b, image_b, frames, *shared_inputs, *extra], outputs,
                     api_name="unclip_interpolate", concurrency_limit=1, concurrency_id="engines")
     stop_btn.click(stop_handler(runs, TAB), [runs.client], None, api_name="unclip_stop", queue=False)
     resumable(runs, TAB, outputs, runs.client)
     load_file.upload(load_settings, [load_file],
-                     [preset, prompt, prompt_a, prompt_b, batch, candidates, frames, *shared_inputs, load_note],
+                     [preset, prompt, prompt_a, prompt_b, batch, candidates, frames, strength, *shared_inputs,
+                      load_note],
                      api_name="unclip_load")
-    preset.change(apply_preset, [preset], [candidates, *shared_inputs], api_name=False)
+    preset.change(apply_preset, [preset], [candidates, strength, *shared_inputs], api_name=False)
     return gen_event

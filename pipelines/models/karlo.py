@@ -184,6 +184,14 @@ class KarloUnCLIP(nn.Module):
     def preview(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(-1, 1)                                    # the 64 px picture, before super-resolution
 
+    def encode(self, images) -> torch.Tensor:
+        """PIL pictures -> the decoder's 64 px space in [-1, 1] (centre-cropped squares)."""
+        from pipelines.diffusion import _square
+
+        side = self.decoder.sample_shape[-1]
+        arr = np.stack([np.asarray(_square(im.convert("RGB"), side)) for im in images])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
+
     @torch.no_grad()
     def decode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The 64 px sample -> super-resolved pictures in [-1, 1], as diffusers' pipeline does."""
