@@ -142,7 +142,7 @@ def test_worker_processes_draw_the_same_batches_in_the_same_order():
 
     for make in (functools.partial(train_diffusion.draw_batch, 3, 4, 0.5),
                  functools.partial(train_dalle.draw_batch, 3, 4, 0.5),
-                 functools.partial(train_unclip.draw_batch, 3, 4, True)):
+                 functools.partial(train_unclip.draw_batch, 3, 4, True, 0.5)):
         inline = list(common.step_batches(make, 5, 12, workers=0))
         ahead = list(common.step_batches(make, 5, 12, workers=3))
         assert len(inline) == len(ahead) == 7
@@ -151,29 +151,35 @@ def test_worker_processes_draw_the_same_batches_in_the_same_order():
             assert np.array_equal(a[0], make(step)[0])       # step k's batch, not another step's
         assert not np.array_equal(inline[0][0], inline[1][0])
     # the unCLIP draw hands back the step's generator, which goes on to draw the dropped conditions
-    a = list(common.step_batches(functools.partial(train_unclip.draw_batch, 3, 4, True), 0, 2, workers=2))
-    b = list(common.step_batches(functools.partial(train_unclip.draw_batch, 3, 4, True), 0, 2, workers=0))
+    a = list(common.step_batches(functools.partial(train_unclip.draw_batch, 3, 4, True, 0.5), 0, 2, workers=2))
+    b = list(common.step_batches(functools.partial(train_unclip.draw_batch, 3, 4, True, 0.5), 0, 2, workers=0))
     assert [x[2].random() for x in a] == [x[2].random() for x in b]
 
 
-def test_diffusion_p_optional_sets_how_often_captions_state_size_position_and_background():
-    """--p-optional: 1 states every optional part of every caption, 0 none; dropped captions stay empty."""
+def test_p_optional_sets_how_often_captions_state_size_position_and_background():
+    """--p-optional (diffusion and unCLIP trainers): 1 states every optional part of every caption, 0 none;
+    dropped diffusion captions stay empty."""
     from pipelines import shapes
     from pipelines.train import diffusion as train_diffusion
+    from pipelines.train import unclip as train_unclip
 
-    def stated(p):
-        _, captions = train_diffusion.draw_batch(5, 64, 0.0, 0, p_optional=p)
-        scenes = [shapes.parse_caption(c) for c in captions]
-        parts = [[o.size for o in s.objects] + [s.background] + ([s.position] if len(s.objects) == 1 else [])
-                 for s in scenes]
-        return sum(x is not None for ps in parts for x in ps) / sum(len(ps) for ps in parts)
+    draws = {"diffusion": lambda p: train_diffusion.draw_batch(5, 64, 0.0, 0, p_optional=p)[1],
+             "unclip": lambda p: train_unclip.draw_batch(5, 64, True, p, 0)[1]}
+    for name, draw in draws.items():
+        def stated(p):
+            scenes = [shapes.parse_caption(c) for c in draw(p)]
+            parts = [[o.size for o in s.objects] + [s.background] + ([s.position] if len(s.objects) == 1 else [])
+                     for s in scenes]
+            return sum(x is not None for ps in parts for x in ps) / sum(len(ps) for ps in parts)
 
-    assert stated(1.0) == 1.0 and stated(0.0) == 0.0
-    assert 0.3 < stated(0.5) < 0.7
+        assert stated(1.0) == 1.0 and stated(0.0) == 0.0, name
+        assert 0.3 < stated(0.5) < 0.7, name
     _, default = train_diffusion.draw_batch(5, 64, 0.0, 0)
     assert default == train_diffusion.draw_batch(5, 64, 0.0, 0, p_optional=0.5)[1]
     _, dropped = train_diffusion.draw_batch(5, 64, 1.0, 0, p_optional=1.0)
     assert dropped == [""] * 64
+    assert train_unclip.draw_batch(5, 8, False, 1.0, 0)[:2] == (None, None)     # a cache: no fresh scenes
+
 
 def _weights(path):
     from safetensors.torch import load_file

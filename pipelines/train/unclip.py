@@ -174,7 +174,7 @@ def train(args) -> None:
     T = raw.config.num_train_timesteps
     cache = decoder_cache(raw, vqgan, clip, args, run_dir) if args.part == "decoder" and args.cache else None
 
-    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, cache is None),
+    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, cache is None, args.p_optional),
                                   start, args.steps, args.workers)
     for step, (imgs, captions, rng) in zip(range(start, args.steps), batches):
         raw.train()
@@ -244,11 +244,11 @@ def train(args) -> None:
                         held_out_excluded=sorted(" ".join(p) for p in shapes.HELD_OUT))
 
 
-def draw_batch(seed: int, n: int, fresh: bool, step: int):
-    """One step's scenes and captions (None with a cache), and the step's generator, which goes on to
-    draw the dropped conditions."""
+def draw_batch(seed: int, n: int, fresh: bool, p_optional: float, step: int):
+    """One step's scenes and captions (None with a cache; each optional caption part stated with
+    p_optional), and the step's generator, which goes on to draw the dropped conditions."""
     rng = common.batch_rng(seed, step)
-    imgs, captions = shapes.sample_batch(n, SIZE, rng) if fresh else (None, None)
+    imgs, captions = shapes.sample_batch(n, SIZE, rng, p_optional=p_optional) if fresh else (None, None)
     return imgs, captions, rng
 
 
@@ -302,6 +302,8 @@ def main(argv=None) -> None:
                    "architecture and weights; the size options are then ignored)")
     p.add_argument("--init-diffusion", default=None,
                    help="decoder: start from this diffusion-engine folder's UNet (sets widths, layers, target)")
+    p.add_argument("--p-optional", type=float, default=0.5,
+                   help="how often a training caption states each optional part (size, position, background)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="share of empty captions / zeroed embeddings")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="decoder: min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
