@@ -9,9 +9,9 @@
 # The device image has torch, transformers and accelerate but not diffusers: carry its wheels in
 # .whl/ (ignored by git; see the device notes: pip download --no-deps diffusers==0.42.1 importlib_metadata).
 # Both runs start from the committed weights, which already read CLIP's token embeddings beside its
-# last layer and name the top or left object first (both kept from the --init export); the diffusion
-# run keeps the last CPU fine-tune's caption mix (--p-optional 0.8), the decoder drops the caption
-# more often so that its embedding-only path (variations) gets more of the training.
+# last layer and name the top or left object first (both kept from the --init export); both keep the
+# last CPU fine-tunes' caption mix (--p-optional 0.9), and the decoder drops the caption more often
+# so that its embedding-only path (variations) gets more of the training.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder the results go to}
@@ -26,10 +26,10 @@ fi
 mkdir -p "$OUT" runs/gpu
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
 common="--batch 256 --lr 3e-4 --workers 4 --threads 2 --ema 0.999 --ema-start 0 --log-every 100 --sample-every 0 --ckpt-every 1000 --steps $STEPS"
-$PY -m pipelines.train.diffusion --init presets/weights/shapes-diffusion --p-optional 0.8 --seed 31 $common \
+$PY -m pipelines.train.diffusion --init presets/weights/shapes-diffusion --p-optional 0.9 --seed 31 $common \
     --out runs/gpu/dif --run-dir runs/gpu/run_dif > "$OUT/train_dif.log" 2>&1 &
 dif=$!
-$PY -m pipelines.train.unclip decoder --init presets/weights/shapes-unclip-decoder --text-cond --text-dropout 0.7 --seed 33 $common \
+$PY -m pipelines.train.unclip decoder --init presets/weights/shapes-unclip-decoder --text-cond --text-dropout 0.7 --p-optional 0.9 --seed 33 $common \
     --out runs/gpu/dec --run-dir runs/gpu/run_dec > "$OUT/train_dec.log" 2>&1 &
 dec=$!
 wait $dif
