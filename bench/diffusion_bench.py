@@ -14,13 +14,15 @@ of the evaluation set, in turn) and seeds:
           preset's preview_every, against previews off (the cost of watching).
 Every image is scored by the evaluation judge (`pipelines.eval.judge`). Prints seconds
 per image, the speed-up over the plain loop, `correct` of each, and the process's
-peak resident memory after each part.
+peak resident memory with the models loaded and after the loops. The loops take turns
+caption by caption, and each preview setting keeps its median of 7 rounds.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -108,31 +110,34 @@ def main(argv=None) -> int:
     res["peak_rss_mb"]["models loaded"] = peak_rss_mb()
     fast_path(model, vqgan, clip, caps[:1], 2, guidance, 0, 1)  # warm-up
 
-    # 1. the plain loop, one image per caption
-    t0 = time.perf_counter()
-    plain = [plain_loop(model, vqgan, clip, c, a.plain_steps, guidance, k) for k, c in enumerate(caps)]
-    res["plain"] = {"steps": a.plain_steps, "s_per_image": (time.perf_counter() - t0) / len(caps),
-                    "correct": sum(judge(im, c).correct for im, c in zip(plain, caps)) / len(caps),
-                    "images": len(caps)}
-    res["peak_rss_mb"]["after plain"] = peak_rss_mb()
-
-    # 2. the fast path at 25 and 10 steps
-    for steps in (25, 10):
+    # 1-2. the plain loop (one image per caption) and the fast path at 25 and 10 steps, taking turns
+    #      caption by caption, so a shared CPU's drift over the minutes falls on all three alike
+    spent, images = {"plain": 0.0, 25: 0.0, 10: 0.0}, {"plain": [], 25: [], 10: []}
+    for k, c in enumerate(caps):
         t0 = time.perf_counter()
-        imgs = fast_path(model, vqgan, clip, caps, steps, guidance, 0, a.batch)
-        dt = time.perf_counter() - t0
-        scored = [judge(im, c).correct for ims, c in zip(imgs, caps) for im in ims]
-        res[f"fast{steps}"] = {"steps": steps, "s_per_image": dt / len(scored), "correct": sum(scored) / len(scored),
-                               "images": len(scored)}
-    res["peak_rss_mb"]["after fast"] = peak_rss_mb()
+        images["plain"].append([plain_loop(model, vqgan, clip, c, a.plain_steps, guidance, k)])
+        spent["plain"] += time.perf_counter() - t0
+        for steps in (25, 10):
+            t0 = time.perf_counter()
+            images[steps].append(fast_path(model, vqgan, clip, [c], steps, guidance, k, a.batch)[0])
+            spent[steps] += time.perf_counter() - t0
+    for key, name in (("plain", "plain"), (25, "fast25"), (10, "fast10")):
+        scored = [judge(im, c).correct for ims, c in zip(images[key], caps) for im in ims]
+        res[name] = {"steps": a.plain_steps if key == "plain" else key, "s_per_image": spent[key] / len(scored),
+                     "correct": sum(scored) / len(scored), "images": len(scored)}
+    res["peak_rss_mb"]["after both loops"] = peak_rss_mb()
 
-    # 3. previews: the fast path at 25 steps watched every step and every preview_every steps
+    # 3. previews: the fast path at 25 steps watched every step and every preview_every steps; the
+    #    settings take turns for 7 rounds and each keeps its median (this CPU's speed swings by a
+    #    third from one run to the next, either way, so neither one run nor the fastest will do)
     every = preset.defaults["diffusion"].get("preview_every", 5)
-    timing = {}
-    for pe in sorted({0, 1, every}):
-        t0 = time.perf_counter()
-        fast_path(model, vqgan, clip, caps[:4], 25, guidance, 0, 1, preview_every=pe)
-        timing[pe] = time.perf_counter() - t0
+    rounds = {}
+    for _ in range(7):
+        for pe in sorted({0, 1, every}):
+            t0 = time.perf_counter()
+            fast_path(model, vqgan, clip, caps[:4], 25, guidance, 0, 1, preview_every=pe)
+            rounds.setdefault(pe, []).append(time.perf_counter() - t0)
+    timing = {pe: statistics.median(ts) for pe, ts in rounds.items()}
     res["preview_overhead"] = {f"every {pe}": timing[pe] / timing[0] - 1 for pe in timing if pe}
 
     plain_t = res["plain"]["s_per_image"]
@@ -144,7 +149,7 @@ def main(argv=None) -> int:
         print(f"{'DPM-Solver++, ' + str(steps) + ' steps':28s} {r['s_per_image']:8.3f} {r['speedup']:9.1f} "
               f"{100 * r['correct']:7.1f}%")
     for k, v in res["preview_overhead"].items():
-        print(f"previews {k} step(s): +{100 * v:.1f} % sampling time")
+        print(f"previews {k} step(s): {100 * v:+.1f} % sampling time (median of 7 rounds each)")
     print("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in res["peak_rss_mb"].items()))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
