@@ -43,6 +43,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "the batches are the same either way")
 
 
+def add_caption_args(p: argparse.ArgumentParser) -> None:
+    """Options of the trainers that draw shapes captions (diffusion, unCLIP)."""
+    p.add_argument("--p-optional", type=float, default=0.5,
+                   help="how often a training caption states each optional part (size, position, background)")
+
+
 def setup(args, name: str):
     """Threads, logging, run dir and an Accelerator; returns (accelerator, run_dir)."""
     from accelerate import Accelerator

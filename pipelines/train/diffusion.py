@@ -208,6 +208,7 @@ def train(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p)
+    common.add_caption_args(p)
     p.set_defaults(lr=5e-4, batch=64)
     p.add_argument("--vqgan", default="presets/weights/shapes-vqgan")
     p.add_argument("--clip", default="presets/weights/shapes-clip")
@@ -225,8 +226,6 @@ def main(argv=None) -> None:
     p.add_argument("--top-left-first", action="store_true",
                    help="train (and so sample) on captions that name the top or left object first: 'A below B' "
                         "is read as 'B above A' (pipelines.shapes.top_left_first)")
-    p.add_argument("--p-optional", type=float, default=0.5,
-                   help="how often a training caption states each optional part (size, position, background)")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")

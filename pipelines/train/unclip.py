@@ -283,6 +283,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("part", choices=["prior", "decoder"])
     common.add_common_args(p)
+    common.add_caption_args(p)
     p.set_defaults(lr=5e-4, batch=64)
     p.add_argument("--vqgan", default="presets/weights/shapes-vqgan")
     p.add_argument("--clip", default="presets/weights/shapes-clip")
@@ -302,8 +303,6 @@ def main(argv=None) -> None:
                    "architecture and weights; the size options are then ignored)")
     p.add_argument("--init-diffusion", default=None,
                    help="decoder: start from this diffusion-engine folder's UNet (sets widths, layers, target)")
-    p.add_argument("--p-optional", type=float, default=0.5,
-                   help="how often a training caption states each optional part (size, position, background)")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="share of empty captions / zeroed embeddings")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="decoder: min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
