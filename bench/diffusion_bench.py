@@ -112,18 +112,18 @@ def main(argv=None) -> int:
 
     # 1-2. the plain loop (one image per caption) and the fast path at 25 and 10 steps, taking turns
     #      caption by caption, so a shared CPU's drift over the minutes falls on all three alike
-    spent, images = {"plain": 0.0, 25: 0.0, 10: 0.0}, {"plain": [], 25: [], 10: []}
+    loops = {"plain": lambda c, k: [plain_loop(model, vqgan, clip, c, a.plain_steps, guidance, k)],
+             "fast25": lambda c, k: fast_path(model, vqgan, clip, [c], 25, guidance, k, a.batch)[0],
+             "fast10": lambda c, k: fast_path(model, vqgan, clip, [c], 10, guidance, k, a.batch)[0]}
+    spent, images = dict.fromkeys(loops, 0.0), {name: [] for name in loops}
     for k, c in enumerate(caps):
-        t0 = time.perf_counter()
-        images["plain"].append([plain_loop(model, vqgan, clip, c, a.plain_steps, guidance, k)])
-        spent["plain"] += time.perf_counter() - t0
-        for steps in (25, 10):
+        for name, loop in loops.items():
             t0 = time.perf_counter()
-            images[steps].append(fast_path(model, vqgan, clip, [c], steps, guidance, k, a.batch)[0])
-            spent[steps] += time.perf_counter() - t0
-    for key, name in (("plain", "plain"), (25, "fast25"), (10, "fast10")):
-        scored = [judge(im, c).correct for ims, c in zip(images[key], caps) for im in ims]
-        res[name] = {"steps": a.plain_steps if key == "plain" else key, "s_per_image": spent[key] / len(scored),
+            images[name].append(loop(c, k))
+            spent[name] += time.perf_counter() - t0
+    for name, steps in (("plain", a.plain_steps), ("fast25", 25), ("fast10", 10)):
+        scored = [judge(im, c).correct for ims, c in zip(images[name], caps) for im in ims]
+        res[name] = {"steps": steps, "s_per_image": spent[name] / len(scored),
                      "correct": sum(scored) / len(scored), "images": len(scored)}
     res["peak_rss_mb"]["after both loops"] = peak_rss_mb()
 
