@@ -156,6 +156,11 @@ def request_from_settings(settings: dict, **overrides) -> UnCLIPRequest:
 class UnCLIPParts:
     """The built-in shapes pair: prior + decoder over the built-in VQGAN and CLIP.
 
+    `clip` gives every embedding (the prior's input and output, ranking, variations, the caption
+    pool); `text_clip` (default: the same) is the text encoder whose token states the decoder reads,
+    as GLIDE-style decoders keep their own. The shapes preset gives unCLIP a CLIP trained to see
+    shape (`unclip_clip`), since the decoder paints variations from its image embedding alone.
+
     The interface the engine uses (Karlo's adapter has the same):
         prior, decoder                 denoisers for `denoise` (conditional, sample_shape, scheduler_config)
         prompt_cond(prompts)           the prior's conditioning;  prompt_cond([""]) the unconditional one
@@ -169,11 +174,12 @@ class UnCLIPParts:
         device, pool_key               where it runs; what the caption pool's embeddings depend on
     Embeddings may carry a norm (Karlo's do); similarities and interpolation use their directions.
     """
-    def __init__(self, prior, decoder, vqgan, clip):
+    def __init__(self, prior, decoder, vqgan, clip, text_clip=None):
         from pipelines.models.unclip import sampling_denoiser
 
         # the decoder as the samplers run it (its clean estimate clamped to the latents' range)
         self.prior, self.decoder, self.vqgan, self.clip = prior, sampling_denoiser(decoder), vqgan, clip
+        self.text_clip = clip if text_clip is None else text_clip
 
     @property
     def image_size(self) -> int:
@@ -204,11 +210,11 @@ class UnCLIPParts:
     def decoder_cond(self, emb: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         from pipelines.models.unclip import decoder_cond
         # the embedding's direction, plus (decoders trained with text) the prompt's token states
-        return decoder_cond(self.decoder, self.clip, F.normalize(emb.float(), dim=-1), prompts)
+        return decoder_cond(self.decoder, self.text_clip, F.normalize(emb.float(), dim=-1), prompts)
 
     def decoder_null(self, n: int) -> torch.Tensor:
         from pipelines.models.unclip import decoder_cond
-        return decoder_cond(self.decoder, self.clip, torch.zeros(n, self.decoder.config.image_dim, device=self.device))
+        return decoder_cond(self.decoder, self.text_clip, torch.zeros(n, self.decoder.config.image_dim, device=self.device))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         z_q = self.vqgan.quantize(self.decoder.denormalize(z))[0]
@@ -227,19 +233,23 @@ def _pixels(images: list[Image.Image], side: int, device) -> torch.Tensor:
 
 
 def components(preset) -> dict:
-    """Role -> spec: Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP."""
+    """Role -> spec: Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP (and the
+    preset's own CLIP for unCLIP's embeddings, `unclip_clip`, where it has one)."""
     c = preset.components
     if "karlo" in c:
         return {"karlo": c["karlo"]}
     need = ("unclip_prior", "unclip_decoder", "vqgan", "clip")
     if not all(k in c for k in need):
         raise ValueError(f"The preset '{preset.name}' has no unCLIP models; choose one that has.")
-    return {k: c[k] for k in need}
+    return {k: c[k] for k in need + (("unclip_clip",) if "unclip_clip" in c else ())}
 
 
 def parts_from(models: dict):
     if "karlo" in models:
         return models["karlo"]          # the loader returns the adapter itself
+    if "unclip_clip" in models:   # embeddings from unCLIP's CLIP, the decoder's text states from the shared one
+        return UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["unclip_clip"],
+                           text_clip=models["clip"])
     return UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"])
 
 
@@ -249,7 +259,8 @@ def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop) -> It
     preset = load_preset(req.preset)
     specs = components(preset)
     with registry.use(*specs.values()) as models:
-        info = {"preset": preset.name, "models": registry.describe(*specs.values())}
+        # by role: the shapes preset has two CLIPs (clip, unclip_clip)
+        info = {"preset": preset.name, "models": {role: registry.describe(spec)[spec.kind] for role, spec in specs.items()}}
         yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info)
 
 

@@ -236,6 +236,7 @@ def test_nearest_captions_find_the_caption_itself(tiny):
 def test_builtin_pair_loads_through_the_registry_and_runs(registry):
     final = generate(engine.run(_req(batch=2, candidates=2, steps=4), registry))
     assert len(final.images) == 2 and final.meta["models"]["unclip_prior"]["key"].endswith("shapes-unclip-prior")
+    assert set(final.meta["models"]) == set(engine.components(engine.load_preset("shapes")))   # by role
 
 
 def test_a_folder_of_the_wrong_kind_is_one_clear_message(tmp_path, tiny):
@@ -393,6 +394,67 @@ def test_a_text_reading_decoder_starts_from_the_diffusion_unet_and_reads_both_in
     assert isinstance(events[-1], Final) and len(events[-1].images) == 2
 
 
+def _other_text_encoder(clip):
+    """A second CLIP: the same one with its text token embeddings changed (another text encoder)."""
+    import copy
+
+    other = copy.deepcopy(clip)
+    with torch.no_grad():
+        other.model.text_model.embeddings.token_embedding.weight.mul_(-1.5)
+    return other
+
+
+def test_embeddings_and_the_decoders_text_can_come_from_two_clips(tiny, tiny_text_model):
+    """unCLIP's embeddings from one CLIP, the decoder's token states from another (the preset's
+    `unclip_clip` and `clip`): each part reads the CLIP it was trained with."""
+    from pipelines.models.diffusion import text_states
+
+    text_clip = _other_text_encoder(tiny.clip)
+    dec = um.UnCLIPDecoder(um.DecoderConfig(block_out_channels=(32, 32), n_head=2, prediction_type="v_prediction",
+                                            text_cond=True))
+    dec.init_from_diffusion(tiny_text_model)
+    models = {"unclip_prior": tiny.prior, "unclip_decoder": dec.eval(), "vqgan": tiny.vqgan, "clip": text_clip,
+              "unclip_clip": tiny.clip}
+    parts = engine.parts_from(models)
+    assert parts.clip is tiny.clip and parts.text_clip is text_clip
+    e = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
+    captions = ["a red circle", "a blue star on the left"]
+    states = parts.decoder_cond(e, captions)[:, 128:]
+    assert torch.equal(states, text_states(dec, text_clip, captions).flatten(1))
+    assert not torch.allclose(states, text_states(dec, tiny.clip, captions).flatten(1))
+    assert torch.equal(parts.decoder_null(2)[:, 128:], text_states(dec, text_clip, ["", ""]).flatten(1))
+    # the prior's conditioning, ranking and variations stay in the embedding CLIP's space
+    assert torch.equal(parts.prompt_cond(captions), um.encode_prompt(tiny.clip, captions, tiny.prior.config.text_len))
+    assert torch.equal(parts.image_embedding([_circle()]), engine.UnCLIPParts(tiny.prior, dec, tiny.vqgan,
+                                                                              tiny.clip).image_embedding([_circle()]))
+    assert parts.pool_key is tiny.clip
+    # the preset's roles: unclip_clip is taken where a preset names one
+    import types
+    preset = engine.load_preset("shapes")
+    two = types.SimpleNamespace(name="two", components={**preset.components, "unclip_clip": preset.components["clip"]})
+    assert engine.components(two)["unclip_clip"] == preset.components["clip"]
+    assert "unclip_clip" not in engine.components(preset) or "unclip_clip" in preset.components
+    # without unclip_clip, the one CLIP serves both
+    shared = engine.parts_from({k: v for k, v in models.items() if k != "unclip_clip"})
+    assert shared.clip is text_clip and shared.text_clip is text_clip
+    events = list(engine.sample(_req(batch=2), parts, CPU))
+    assert isinstance(events[-1], Final) and len(events[-1].images) == 2
+
+
+def test_the_presets_unclip_models_name_the_clips_the_preset_gives_them():
+    """The committed prior and decoder were trained with the VQGAN and CLIPs the shapes preset hands
+    them: the embeddings from `unclip_clip` where the preset has one (else `clip`), the decoder's
+    token states from `clip`."""
+    preset = engine.load_preset("shapes")
+    specs = engine.components(preset)
+    embedding = specs.get("unclip_clip", specs["clip"]).location
+    prior = json.loads((WEIGHTS / specs["unclip_prior"].location / "config.json").read_text())
+    decoder = json.loads((WEIGHTS / specs["unclip_decoder"].location / "config.json").read_text())
+    assert prior["clip"] == embedding
+    assert (decoder.get("image_clip") or decoder["clip"]) == embedding and decoder["clip"] == specs["clip"].location
+    assert decoder["vqgan"] == specs["vqgan"].location
+
+
 def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text_model, tiny):
     from pipelines.models.diffusion import save_pretrained as save_diffusion
     from pipelines.train import unclip as train
@@ -410,6 +472,22 @@ def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text
     assert "--init-diffusion" in json.loads((out / "train.json").read_text())["command"]
     with pytest.raises(SystemExit, match="drop --cache"):
         train.main(args + ["--cache", "16"])
+    # the token states from another CLIP (--text-clip), the embeddings from --clip: both recorded
+    from pipelines.models.clip import save_clip
+    from pipelines.models.diffusion import text_states as states_of
+
+    save_clip(_other_text_encoder(tiny.clip), tmp_path / "text-clip")
+    out_tc = tmp_path / "decoder_tc"
+    train.main(["decoder", "--out", str(out_tc), "--run-dir", str(tmp_path / "run_tc"), "--batch", "4", "--steps", "1",
+                "--sample-every", "100", "--grid-steps", "2", "--init-diffusion", str(tmp_path / "diffusion"),
+                "--text-cond", "--text-clip", str(tmp_path / "text-clip")])
+    dec_tc = um.from_pretrained(out_tc, "decoder")
+    assert (dec_tc.config.clip, dec_tc.config.image_clip) == ("text-clip", "shapes-clip")
+    assert dec.config.image_clip == ""                         # one CLIP for both: nothing extra to record
+    assert not torch.allclose(states_of(dec_tc, tiny.clip, ["a red circle"]),
+                              states_of(dec_tc, _other_text_encoder(tiny.clip), ["a red circle"]))
+    with pytest.raises(SystemExit, match="--text-clip is for the decoder"):
+        train.main(["prior", "--out", str(tmp_path / "p"), "--steps", "1", "--text-clip", str(tmp_path / "text-clip")])
     # a text model reading the token embeddings, trained top-left-first: the decoder reads its text the same
     # way (the same cross-attention widths, the same caption form), and starts as that model
     import dataclasses

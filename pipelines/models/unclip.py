@@ -194,6 +194,9 @@ class DecoderConfig(DiffusionConfig):
     image_tokens: int = 4             # extra cross-attention tokens projected from the embedding (the paper uses 4)
     x0_clip: float = 3.0              # eps-prediction only: sampling clamps the implied clean latent (see ClampedDenoiser)
     text_cond: bool = False           # also reads the caption's CLIP token states (the paper's optional text input)
+    image_clip: str = ""              # the built-in CLIP whose image embeddings it paints from, when that is not
+                                      # `clip` (whose text encoder gives the token states), as GLIDE-style decoders
+                                      # keep their own text encoder (provenance; "" = the same CLIP)
 
     @property
     def cond_dim(self) -> int:

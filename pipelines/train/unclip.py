@@ -4,7 +4,8 @@
     python -m pipelines.train.unclip decoder --out presets/weights/shapes-unclip-decoder --steps 1800 --cache 16384
 
 Both draw fresh scenes from the shapes stream each step (held-out colour+shape pairs
-excluded) and read them with the frozen built-in CLIP.
+excluded) and read them with a frozen CLIP (--clip; the decoder may read its text token
+states from another, --text-clip, such as the one the diffusion UNet it starts from read).
 
 prior:   1. captions -> packed CLIP conditioning (token states + text embedding); 10 % of
             captions become the empty caption, which guidance subtracts at sampling time;
@@ -79,15 +80,16 @@ def sample_prior(prior, clip, captions: list[str], seed: int, steps: int = 16, g
 
 @torch.no_grad()
 @torch.no_grad()
-def sample_decoder(decoder, vqgan, clip, image_emb: torch.Tensor, seed: int, steps: int = 20,
+def sample_decoder(decoder, vqgan, text_clip, image_emb: torch.Tensor, seed: int, steps: int = 20,
                    guidance: float = 3.0) -> np.ndarray:
-    """uint8 (N, 32, 32, 3) pictures painted from unit-norm image embeddings (N, D), no text."""
+    """uint8 (N, 32, 32, 3) pictures painted from unit-norm image embeddings (N, D), no text
+    (text_cond decoders read the empty caption's token states from text_clip)."""
     gen = torch.Generator().manual_seed(seed)
     scheduler = make_scheduler("DPM-Solver++", decoder.scheduler_config)
     scheduler.set_timesteps(steps)
     z = torch.randn((len(image_emb), *decoder.sample_shape), generator=gen)
-    cond = decoder_cond(decoder, clip, image_emb)
-    null = decoder_cond(decoder, clip, torch.zeros_like(image_emb))
+    cond = decoder_cond(decoder, text_clip, image_emb)
+    null = decoder_cond(decoder, text_clip, torch.zeros_like(image_emb))
     for s in denoise(sampling_denoiser(decoder), scheduler, z, cond, null, guidance, gen):
         z = s.x_next
     x = vqgan.decode(vqgan.quantize(decoder.denormalize(z))[0])
@@ -112,8 +114,9 @@ def prior_metrics(prior, clip, n: int, seed: int, steps: int = 16) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def new_model(args, clip, vqgan) -> DiffusionPrior | UnCLIPDecoder:
-    """A prior or decoder of the sizes the options give (the decoder maybe from the diffusion UNet)."""
+def new_model(args, clip, vqgan, text_clip=None) -> DiffusionPrior | UnCLIPDecoder:
+    """A prior or decoder of the sizes the options give (the decoder maybe from the diffusion UNet);
+    the decoder paints from clip's image embeddings and reads text_clip's token states (default: clip's)."""
     emb_dim = clip.embed_dim
     if args.part == "prior":
         return DiffusionPrior(PriorConfig(embed_dim=emb_dim, text_dim=clip.model.config.text_config.hidden_size,
@@ -127,11 +130,13 @@ def new_model(args, clip, vqgan) -> DiffusionPrior | UnCLIPDecoder:
         # its cross-attention's width (the text states it reads) and its caption form
         args.text_inputs = args.text_inputs or base.config.text_inputs
         top_left_first = base.config.top_left_first
+    text_clip = clip if text_clip is None else text_clip
     model = UnCLIPDecoder(DecoderConfig(
         block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
         latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
-        text_dim=clip.model.config.text_config.hidden_size, text_len=clip.context_length,
-        vqgan=Path(args.vqgan).name, clip=Path(args.clip).name, image_dim=emb_dim, image_tokens=args.image_tokens,
+        text_dim=text_clip.model.config.text_config.hidden_size, text_len=text_clip.context_length,
+        vqgan=Path(args.vqgan).name, clip=Path(args.text_clip or args.clip).name,
+        image_clip=Path(args.clip).name if args.text_clip else "", image_dim=emb_dim, image_tokens=args.image_tokens,
         prediction_type=args.prediction_type, text_cond=args.text_cond, text_inputs=args.text_inputs or ("last",),
         top_left_first=top_left_first))
     if base is not None:
@@ -147,6 +152,9 @@ def new_model(args, clip, vqgan) -> DiffusionPrior | UnCLIPDecoder:
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, f"unclip_{args.part}")
     clip = load_clip(args.clip).eval().requires_grad_(False)
+    if args.text_clip and not (args.part == "decoder" and args.text_cond):
+        raise SystemExit("--text-clip is for the decoder with --text-cond")
+    text_clip = load_clip(args.text_clip).eval().requires_grad_(False) if args.text_clip else clip
     vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False) if args.part == "decoder" else None
     if args.part == "decoder" and args.text_cond and args.cache:
         raise SystemExit("--text-cond needs the captions of fresh scenes: drop --cache")
@@ -156,7 +164,7 @@ def train(args) -> None:
             model = with_text_inputs(model, args.text_inputs)     # new text states, read through zero weights at first
         log.info("initial model %s", args.init)
     else:
-        model = new_model(args, clip, vqgan)
+        model = new_model(args, clip, vqgan, text_clip)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("unCLIP %s with %d parameters", args.part, n_params)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -168,7 +176,7 @@ def train(args) -> None:
     kind = raw.config.prediction_type if args.part == "decoder" else "sample"
     weight = min_snr_weight(noise_sched.alphas_cumprod, args.snr_gamma if args.part == "decoder" else 0, kind)
     device = accelerator.device
-    clip.to(device), ema.to(device)
+    clip.to(device), text_clip.to(device), ema.to(device)
     if vqgan is not None:
         vqgan.to(device)
     T = raw.config.num_train_timesteps
@@ -197,7 +205,7 @@ def train(args) -> None:
                 cond = e_img.masked_fill(drop[:, None].to(device), 0.0)          # zeros: unconditional
                 if raw.config.text_cond:                                         # + the caption, or the empty one
                     no_text = drop.numpy() | (rng.random(args.batch) < args.text_dropout)
-                    cond = pack_cond(cond, text_states(raw, clip, ["" if d else c for c, d in zip(captions, no_text)]))
+                    cond = pack_cond(cond, text_states(raw, text_clip, ["" if d else c for c, d in zip(captions, no_text)]))
                 if cache is None:
                     x0 = raw.normalize(vqgan.encode_latent(x))                   # (B, 16, 8, 8)
         # 2. noise at uniform timesteps
@@ -221,15 +229,15 @@ def train(args) -> None:
             common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
         if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
-            common.place("cpu", ema, vqgan, clip)
+            common.place("cpu", ema, vqgan, clip, text_clip)
             if args.part == "prior":
                 metrics.write(step + 1, **{f"eval_{k}": v for k, v in prior_metrics(ema, clip, max(2, args.eval_scenes // 4), args.seed).items()})
             else:
-                write_decoder_grid(ema, vqgan, clip, run_dir / f"samples_{step + 1:06d}.png", args)
-            common.place(device, ema, vqgan, clip)
+                write_decoder_grid(ema, vqgan, clip, run_dir / f"samples_{step + 1:06d}.png", args, text_clip)
+            common.place(device, ema, vqgan, clip, text_clip)
 
     ema.eval()
-    common.place("cpu", ema, vqgan, clip)
+    common.place("cpu", ema, vqgan, clip, text_clip)
     save_pretrained(ema, args.out)
     out = Path(args.out)
     shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
@@ -238,7 +246,7 @@ def train(args) -> None:
     if args.part == "prior":
         final.update(prior_metrics(ema, clip, args.eval_scenes, args.seed + 1))
     else:
-        write_decoder_grid(ema, vqgan, clip, out / "samples.png", args)
+        write_decoder_grid(ema, vqgan, clip, out / "samples.png", args, text_clip)
     common.write_record(out, args, final, parameters=n_params, images_seen=args.steps * args.batch,
                         distinct_scenes=args.cache or args.steps * args.batch,
                         held_out_excluded=sorted(" ".join(p) for p in shapes.HELD_OUT))
@@ -272,10 +280,10 @@ def decoder_cache(decoder, vqgan, clip, args, run_dir: Path) -> dict:
     return cache
 
 
-def write_decoder_grid(decoder, vqgan, clip, path: Path, args, n: int = 8) -> None:
+def write_decoder_grid(decoder, vqgan, clip, path: Path, args, text_clip=None, n: int = 8) -> None:
     imgs, _ = shapes.sample_batch(n, SIZE, np.random.default_rng([args.seed, 8, 8]))
     e = image_embedding(clip, to_x(imgs))
-    rows = [imgs] + [sample_decoder(decoder, vqgan, clip, e, seed, args.grid_steps) for seed in range(2)]
+    rows = [imgs] + [sample_decoder(decoder, vqgan, text_clip or clip, e, seed, args.grid_steps) for seed in range(2)]
     common.save_grid(rows, path)
 
 
@@ -286,7 +294,11 @@ def main(argv=None) -> None:
     common.add_caption_args(p)
     p.set_defaults(lr=5e-4, batch=64)
     p.add_argument("--vqgan", default="presets/weights/shapes-vqgan")
-    p.add_argument("--clip", default="presets/weights/shapes-clip")
+    p.add_argument("--clip", default="presets/weights/shapes-clip",
+                   help="the CLIP whose embeddings the prior maps between and the decoder paints from")
+    p.add_argument("--text-clip", default=None,
+                   help="decoder with --text-cond: the CLIP whose text token states it reads (default: --clip), "
+                        "e.g. the diffusion UNet's for --init-diffusion")
     p.add_argument("--layers", type=int, default=None, help="prior: transformer blocks (4); decoder: layers per UNet block (1)")
     p.add_argument("--width", type=int, default=128, help="prior: transformer width")
     p.add_argument("--heads", type=int, default=4, help="prior: attention heads")
