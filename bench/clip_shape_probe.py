@@ -20,6 +20,7 @@ torch.set_num_threads(1)
 from pipelines import shapes  # noqa: E402
 from pipelines.models.clip import load_clip  # noqa: E402
 from pipelines.models.unclip import image_embedding  # noqa: E402
+from pipelines.train.diffusion import to_x  # noqa: E402
 
 
 def lone_objects(n: int = 3000, seed: int = 0):
@@ -34,8 +35,7 @@ def lone_objects(n: int = 3000, seed: int = 0):
         caption = f"a {size} {colour} {shapes.SHAPES[s]}"
         images.append(np.asarray(shapes.render(shapes.parse_caption(caption), 32, i)))
         labels.append(s)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    return x, torch.tensor(labels)
+    return to_x(np.stack(images)), torch.tensor(labels)
 
 
 def probe(e: torch.Tensor, y: torch.Tensor, train: float = 0.8) -> float:

@@ -413,13 +413,14 @@ class Registry:
                      "in_use": e.in_use, "last_used_s_ago": round(now - e.last_used, 1),
                      "offloaded": e.offloaded, "weights_id": e.weights_id} for e in entries]
 
-    def describe(self, *specs: ComponentSpec) -> dict[str, dict]:
-        """JSON-ready provenance for run metadata: kind -> key, weights_id, dtype (None if not loaded)."""
+    def describe(self, *specs: ComponentSpec, **roles: ComponentSpec) -> dict[str, dict]:
+        """JSON-ready provenance for run metadata: kind (or the role a keyword gives) -> key, weights_id,
+        dtype (None if not loaded)."""
         with self._lock:
             out = {}
-            for spec in specs:
+            for role, spec in [(None, s) for s in specs] + list(roles.items()):
                 e = self._models.get(spec.key)
-                name = spec.kind if spec.kind not in out else spec.key
+                name = role or (spec.kind if spec.kind not in out else spec.key)
                 out[name] = {"key": spec.key, "weights_id": e.weights_id if e else None,
                              "dtype": str(e.dtype).removeprefix("torch.") if e else None}
             return out

@@ -158,8 +158,8 @@ class UnCLIPParts:
 
     `clip` gives every embedding (the prior's input and output, ranking, variations, the caption
     pool); `text_clip` (default: the same) is the text encoder whose token states the decoder reads,
-    as GLIDE-style decoders keep their own. The shapes preset gives unCLIP a CLIP trained to see
-    shape (`unclip_clip`), since the decoder paints variations from its image embedding alone.
+    as GLIDE-style decoders keep their own. A preset gives unCLIP a CLIP of its own as `unclip_clip`
+    (say, one trained to see shape, since the decoder paints variations from its image embedding alone).
 
     The interface the engine uses (Karlo's adapter has the same):
         prior, decoder                 denoisers for `denoise` (conditional, sample_shape, scheduler_config)
@@ -259,8 +259,7 @@ def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop) -> It
     preset = load_preset(req.preset)
     specs = components(preset)
     with registry.use(*specs.values()) as models:
-        # by role: the shapes preset has two CLIPs (clip, unclip_clip)
-        info = {"preset": preset.name, "models": {role: registry.describe(spec)[spec.kind] for role, spec in specs.items()}}
+        info = {"preset": preset.name, "models": registry.describe(**specs)}   # by role: clip and unclip_clip may both be CLIPs
         yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info)
 
 

@@ -354,6 +354,8 @@ def test_describe_for_run_metadata(weights):
                               "dtype": "float32"},
                     "clip": {"key": other.key, "weights_id": None, "dtype": None}}
     json.dumps(info)
+    # by role, for engines with two components of one kind
+    assert reg.describe(clip=other, unclip_clip=other) == {"clip": info["clip"], "unclip_clip": info["clip"]}
 
 
 def test_unload_one_or_all():

@@ -114,9 +114,9 @@ def prior_metrics(prior, clip, n: int, seed: int, steps: int = 16) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def new_model(args, clip, vqgan, text_clip=None) -> DiffusionPrior | UnCLIPDecoder:
+def new_model(args, clip, vqgan, text_clip) -> DiffusionPrior | UnCLIPDecoder:
     """A prior or decoder of the sizes the options give (the decoder maybe from the diffusion UNet);
-    the decoder paints from clip's image embeddings and reads text_clip's token states (default: clip's)."""
+    the decoder paints from clip's image embeddings and reads text_clip's token states."""
     emb_dim = clip.embed_dim
     if args.part == "prior":
         return DiffusionPrior(PriorConfig(embed_dim=emb_dim, text_dim=clip.model.config.text_config.hidden_size,
@@ -130,7 +130,6 @@ def new_model(args, clip, vqgan, text_clip=None) -> DiffusionPrior | UnCLIPDecod
         # its cross-attention's width (the text states it reads) and its caption form
         args.text_inputs = args.text_inputs or base.config.text_inputs
         top_left_first = base.config.top_left_first
-    text_clip = clip if text_clip is None else text_clip
     model = UnCLIPDecoder(DecoderConfig(
         block_out_channels=tuple(int(c) for c in args.channels.split(",")), layers_per_block=args.layers,
         latent_channels=vqgan.config.embed_dim, latent_size=SIZE // vqgan.factor, image_size=SIZE,
@@ -233,7 +232,7 @@ def train(args) -> None:
             if args.part == "prior":
                 metrics.write(step + 1, **{f"eval_{k}": v for k, v in prior_metrics(ema, clip, max(2, args.eval_scenes // 4), args.seed).items()})
             else:
-                write_decoder_grid(ema, vqgan, clip, run_dir / f"samples_{step + 1:06d}.png", args, text_clip)
+                write_decoder_grid(ema, vqgan, clip, text_clip, run_dir / f"samples_{step + 1:06d}.png", args)
             common.place(device, ema, vqgan, clip, text_clip)
 
     ema.eval()
@@ -246,7 +245,7 @@ def train(args) -> None:
     if args.part == "prior":
         final.update(prior_metrics(ema, clip, args.eval_scenes, args.seed + 1))
     else:
-        write_decoder_grid(ema, vqgan, clip, out / "samples.png", args, text_clip)
+        write_decoder_grid(ema, vqgan, clip, text_clip, out / "samples.png", args)
     common.write_record(out, args, final, parameters=n_params, images_seen=args.steps * args.batch,
                         distinct_scenes=args.cache or args.steps * args.batch,
                         held_out_excluded=sorted(" ".join(p) for p in shapes.HELD_OUT))
@@ -280,10 +279,10 @@ def decoder_cache(decoder, vqgan, clip, args, run_dir: Path) -> dict:
     return cache
 
 
-def write_decoder_grid(decoder, vqgan, clip, path: Path, args, text_clip=None, n: int = 8) -> None:
+def write_decoder_grid(decoder, vqgan, clip, text_clip, path: Path, args, n: int = 8) -> None:
     imgs, _ = shapes.sample_batch(n, SIZE, np.random.default_rng([args.seed, 8, 8]))
     e = image_embedding(clip, to_x(imgs))
-    rows = [imgs] + [sample_decoder(decoder, vqgan, text_clip or clip, e, seed, args.grid_steps) for seed in range(2)]
+    rows = [imgs] + [sample_decoder(decoder, vqgan, text_clip, e, seed, args.grid_steps) for seed in range(2)]
     common.save_grid(rows, path)
 
 
