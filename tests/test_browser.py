@@ -269,3 +269,27 @@ def test_a_reload_finds_the_run_again(page, tab):
         page.locator(f"#{tab.p}_stop").click()
     _wait_status(page, tab, "Stopped", 30)
     page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
+
+
+def test_unclip_variations_after_a_text_run_drop_its_prior_pick(page, tmp_path):
+    """"The prior's pick" describes a text run's embeddings; a variations run that follows has none, so the
+    panel must not keep showing the text run's pick beside the variations."""
+    from pipelines import shapes
+
+    tab = TABS[-1]
+    _open(page, tab)
+    _fill(page, tab, tab.quick)
+    page.locator(f"#{tab.p}_run").click()
+    _wait_status(page, tab, "Done", 180)
+    pick = page.locator(f"#{tab.p}_prior")
+    assert "prior's pick" in pick.inner_text()
+    source = tmp_path / "source.png"
+    shapes.render(shapes.parse_caption("a large red circle at the top on a blue background"), 32, 0).save(source)
+    page.get_by_role("tab", name="Variations").click()
+    page.locator(f"#{tab.p}_vary_image input[type=file]").set_input_files(str(source))
+    box = page.locator(f"#{tab.p}_vary_n input").first
+    box.fill("2")
+    box.press("Tab")
+    page.locator(f"#{tab.p}_vary").click()
+    _wait_status(page, tab, "similarity to the source", 180)
+    assert "prior" not in pick.inner_text()

@@ -170,17 +170,25 @@ def build(registry, runs: RunStore) -> None:
             throttle = Throttle(0.15)
             frames = []
             skip7 = [gr.skip()] * 7
+            # the prior panel: cleared as the run starts (a text run's pick says nothing of variations that
+            # follow it), then this run's prior previews; kept at the end only when this run showed them
+            panel, prior_shown = "", False
             while not isinstance(ev, Final):
                 if ev.captions:
+                    prior_shown = True
                     yield _status(ev), _prior_text(ev.captions), *skip7
                 elif "x_t" in ev.previews:
                     frames.append((ev.previews["x_t"], ev.previews["x0_pred"]))
                     if req.mode != "interpolate":
                         writer.append(engine.side_by_side(*frames[-1]))
-                    yield (_status(ev), gr.skip(), media.enlarge(frames[-1][0]), media.enlarge(frames[-1][1]),
+                    yield (_status(ev), panel, media.enlarge(frames[-1][0]), media.enlarge(frames[-1][1]),
                            *[gr.skip()] * 5)
                 elif throttle():
-                    yield _status(ev), *[gr.skip()] * 8
+                    yield _status(ev), panel, *skip7
+                else:
+                    ev = next(events)
+                    continue
+                panel = gr.skip()
                 ev = next(events)
             # the run ended (finished or stopped): save what was made
             paths, shown = [], []
@@ -206,7 +214,7 @@ def build(registry, runs: RunStore) -> None:
                    f"in {ev.meta['seconds']} s.")
             if "similarity_to_source" in ev.meta:
                 msg += " CLIP similarity to the source: " + ", ".join(f"{s:.2f}" for s in ev.meta["similarity_to_source"])
-            yield (msg, _pick_text(ev.meta) or gr.skip(),
+            yield (msg, _pick_text(ev.meta) or (gr.skip() if prior_shown else ""),
                    media.enlarge(frames[-1][0]) if frames else gr.skip(),
                    media.enlarge(frames[-1][1]) if frames else gr.skip(), shown, strip_img, mp4,
                    [str(p) for p in paths] + ([str(mp4)] if mp4 else []), ev.meta)
