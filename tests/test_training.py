@@ -3,6 +3,7 @@ import math
 import json
 import os
 
+import pytest
 import torch
 
 from pipelines.models.clip import load_clip
@@ -212,3 +213,22 @@ def test_every_trainer_continues_from_an_exported_folder(tmp_path):
         a, b = _weights(first), _weights(again)
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), main.__module__
         assert json.loads((again / "train.json").read_text())["command"].count("--init") == 1
+
+
+def test_clip_width_depth_and_float16_export(tmp_path):
+    """A wider CLIP for longer runs: both towers and the embedding take --width, the depth --layers; --float16
+    stores it in half the bytes and it still loads as float32."""
+    out = tmp_path / "clip"
+    train_clip.main(["--out", str(out), "--run-dir", str(tmp_path / "run"), "--steps", "1", "--batch", "4",
+                     "--width", "64", "--layers", "2", "--float16", "--log-every", "1", "--sample-every", "0"])
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:          # stored in half the bytes
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    clip = load_clip(out)                                                # and used in float32
+    assert clip.model.dtype == torch.float32
+    assert clip.encode_image(torch.rand(1, 3, 32, 32)).shape == (1, 64)
+    assert clip.model.config.vision_config.num_hidden_layers == clip.model.config.text_config.num_hidden_layers == 2
+    assert "--width 64" in json.loads((out / "train.json").read_text())["command"]
+    with pytest.raises(SystemExit):
+        train_clip.main(["--out", str(tmp_path / "x"), "--init", str(out), "--width", "256"])

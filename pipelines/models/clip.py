@@ -202,7 +202,8 @@ def load_clip(name_or_path: str | Path, local_files_only: bool = True) -> CLIP:
     """Load a CLIP folder or hub id: weights via CLIPModel, text via the saved tokenizer."""
     from transformers import AutoTokenizer, CLIPModel
 
-    model = CLIPModel.from_pretrained(str(name_or_path), local_files_only=local_files_only)
+    # float32 in memory whatever the file holds (a float16 export would otherwise load as float16)
+    model = CLIPModel.from_pretrained(str(name_or_path), local_files_only=local_files_only, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local_files_only)
     mean, std = CLIP_MEAN, CLIP_STD
     pre = Path(name_or_path) / "preprocessor_config.json"
@@ -212,12 +213,15 @@ def load_clip(name_or_path: str | Path, local_files_only: bool = True) -> CLIP:
     return CLIP(model.eval(), tokenizer, mean, std)
 
 
-def save_clip(clip: CLIP, directory: str | Path) -> None:
-    """Write the hub layout: config.json + model.safetensors + tokenizer + preprocessor_config.json."""
+def save_clip(clip: CLIP, directory: str | Path, float16: bool = False) -> None:
+    """Write the hub layout: config.json + model.safetensors + tokenizer + preprocessor_config.json
+    (the weights in float16 if asked: half the size, for CLIPs too wide to commit in float32)."""
+    import copy
+
     from transformers import CLIPImageProcessor
 
     directory = Path(directory)
-    clip.model.save_pretrained(directory)
+    (copy.deepcopy(clip.model).half() if float16 else clip.model).save_pretrained(directory)
     clip.tokenizer.save_pretrained(directory)
     size = clip.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},

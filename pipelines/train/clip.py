@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 from pathlib import Path
@@ -63,16 +64,20 @@ def train_tokenizer(n_captions: int = 20_000, vocab_size: int = 600, seed: int =
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
-def build_clip(tokenizer) -> CLIP:
+def build_clip(tokenizer, width: int = 128, layers: int = 4) -> CLIP:
+    """Both towers `width` wide and `layers` deep (32-wide heads), embeddings `width` long: the
+    built-in CLIP is 128 x 4 (1.7M parameters)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    heads = max(1, width // 32)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                          num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=32,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
     # 32 px images in 4x4 patches: 64 patch tokens + CLS
-    vision = CLIPVisionConfig(image_size=SIZE, patch_size=4, hidden_size=128, intermediate_size=512,
-                              num_hidden_layers=4, num_attention_heads=4)
-    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=128)
+    vision = CLIPVisionConfig(image_size=SIZE, patch_size=4, hidden_size=width, intermediate_size=4 * width,
+                              num_hidden_layers=layers, num_attention_heads=heads)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=width)
     return CLIP(CLIPModel(config), tokenizer)
 
 
@@ -188,13 +193,40 @@ def fragment(caption: str, rng: np.random.Generator) -> str:
     return parts[int(rng.integers(len(parts)))]
 
 
+def draw_batch(seed: int, n: int, hard_negatives: bool, fragments: float, shape_negatives: bool, step: int):
+    """One step's data, from the step alone (so --workers can render it ahead): the scenes (uint8) and
+    their captions, colour-swapped negative captions, and the shape negatives with their pictures.
+
+    1. Colour-swapped captions are extra negatives for every image; some captions are cut to one part.
+    2. Shape negatives: each caption with one shape changed, and a picture of that changed caption.
+       Each is a negative for its own row alone (it may well fit another caption of the batch). Parts
+       without an object ("at the top") have none (None; has_object False): their column is masked.
+    """
+    imgs, captions = shapes.sample_batch(n, SIZE, common.batch_rng(seed, step))
+    rng = common.batch_rng(seed + 1, step)
+    negatives = [c for c in (swap_colours(c, rng) for c in captions) if c and c not in captions] if hard_negatives else []
+    if fragments:
+        captions = [fragment(c, rng) if rng.random() < fragments else c for c in captions]
+        negatives = [c for c in negatives if c not in captions]
+    shape_neg, has_object, shape_imgs = [], [], None
+    if shape_negatives:
+        srng = common.batch_rng(seed + 2, step)
+        for c in captions:
+            has_object.append(c.startswith("a "))  # object phrases come first and start with "a"
+            shape_neg.append(swap_shape(c, srng) if has_object[-1] else None)
+        if any(has_object):
+            shape_imgs = np.stack([np.asarray(shapes.render(shapes.parse_caption(c), SIZE, srng))
+                                   for c in shape_neg if c])
+    return imgs, captions, negatives, shape_neg, has_object, shape_imgs
+
+
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "clip")
     if args.init:  # fine-tune an exported CLIP (its tokenizer comes with it)
         clip = load_clip(args.init)
         clip.model.requires_grad_(True)
     else:
-        clip = build_clip(train_tokenizer(seed=args.seed))
+        clip = build_clip(train_tokenizer(seed=args.seed), args.width, args.layers)
     tokenizer = clip.tokenizer
     log.info("CLIP with %d parameters, vocabulary %d", sum(p.numel() for p in clip.parameters()), len(tokenizer))
     decay = [p for n, p in clip.named_parameters() if p.ndim >= 2]
@@ -219,30 +251,16 @@ def train(args) -> None:
         return pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
 
     skipped = 0
-    for step in range(start, args.steps):
+    batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.hard_negatives,
+                                                    args.fragments, args.shape_negatives),
+                                  start, args.steps, args.workers)
+    for step, (imgs, captions, negatives, shape_neg, has_object, shape_imgs) in zip(range(start, args.steps), batches):
         raw.train()
         common.set_lr(opt, step, args)
-        imgs, captions = shapes.sample_batch(args.batch, SIZE, common.batch_rng(args.seed, step))
         pixels = show(to_pixels(imgs))
-        # 1. colour-swapped captions as extra negatives for every image; some captions cut to one part
-        rng = common.batch_rng(args.seed + 1, step)
-        negatives = [n for n in (swap_colours(c, rng) for c in captions) if n and n not in captions] if args.hard_negatives else []
-        if args.fragments:
-            captions = [fragment(c, rng) if rng.random() < args.fragments else c for c in captions]
-            negatives = [n for n in negatives if n not in captions]
         B = len(captions)
-        # 2. shape negatives: each caption with one shape changed, and a picture of that changed caption.
-        # Each is a negative for its own row alone (it may well fit another caption of the batch).
-        # Parts without an object ("at the top") have none: their column is masked.
-        shape_neg, has_object = [], []
-        if args.shape_negatives:
-            srng = common.batch_rng(args.seed + 2, step)
-            for c in captions:
-                has_object.append(c.startswith("a "))  # object phrases come first and start with "a"
-                shape_neg.append(swap_shape(c, srng) if has_object[-1] else None)
-            if any(has_object):
-                pixels = torch.cat([pixels, show(to_pixels(np.stack([
-                    np.asarray(shapes.render(shapes.parse_caption(c), SIZE, srng)) for c in shape_neg if c])))])
+        if shape_imgs is not None:
+            pixels = torch.cat([pixels, show(to_pixels(shape_imgs))])
         # 3. symmetric InfoNCE over the batch with the extra negatives
         scale = raw.model.logit_scale.exp().clamp(max=100)
         img = F.normalize(raw.encode_image(pixels.to(accelerator.device)), dim=-1)
@@ -250,16 +268,16 @@ def train(args) -> None:
         logits = scale * img[:B] @ txt[:B + len(negatives)].t()  # (B, B + negatives)
         i2t, t2i = logits, logits[:, :B].t()
         if args.shape_negatives:
-            rows = torch.tensor(has_object)
-            own_txt = torch.full((B,), -1e4)  # masked (finite: a soft target of 0 times -inf is NaN)
-            own_img = torch.full((B,), -1e4)
+            rows = torch.tensor(has_object, device=img.device)
+            own_txt = img.new_full((B,), -1e4)  # masked (finite: a soft target of 0 times -inf is NaN)
+            own_img = img.new_full((B,), -1e4)
             own_txt[rows] = scale * (img[:B][rows] * txt[B + len(negatives):]).sum(-1)
             own_img[rows] = scale * (txt[:B][rows] * img[B:]).sum(-1)
             i2t, t2i = torch.cat([i2t, own_txt[:, None]], 1), torch.cat([t2i, own_img[:, None]], 1)
         # identical captions in one batch are true matches too: spread the target over them
-        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32, device=img.device)
         target = same / same.sum(1, keepdim=True)
-        pad = lambda t, n: torch.cat([t, torch.zeros(B, n)], dim=1)
+        pad = lambda t, n: torch.cat([t, t.new_zeros(B, n)], dim=1)
         loss = (F.cross_entropy(i2t, pad(target, i2t.shape[1] - B)) + F.cross_entropy(t2i, pad(target, t2i.shape[1] - B))) / 2
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -272,7 +290,7 @@ def train(args) -> None:
             continue
         opt.step()
         if (step + 1) % args.log_every == 0:
-            acc = (logits[:, :len(captions)].argmax(1) == torch.arange(len(logits))).float().mean()
+            acc = (logits[:, :len(captions)].argmax(1).cpu() == torch.arange(len(logits))).float().mean()
             metrics.write(step + 1, loss=loss.item(), batch_acc=acc.item(), scale=raw.model.logit_scale.exp().item(),
                           lr=opt.param_groups[0]["lr"])
         if args.sample_every > 0 and (step + 1) % args.sample_every == 0:
@@ -281,7 +299,7 @@ def train(args) -> None:
             common.save_checkpoint(run_dir, step + 1, raw, opt)
 
     raw.eval()
-    save_clip(raw, args.out)
+    save_clip(raw, args.out, float16=args.float16)
     result = evaluate(raw)
     common.write_record(Path(args.out), args, result, parameters=sum(p.numel() for p in raw.parameters()))
     log.info("final: %s", json.dumps(result))
@@ -297,8 +315,14 @@ def main(argv=None) -> None:
     p.add_argument("--shape-negatives", action="store_true",
                    help="each caption with one shape changed, and a picture of it, as extra negatives")
     p.add_argument("--fragments", type=float, default=0.0, help="share of captions replaced by one of their parts")
+    p.add_argument("--width", type=int, default=128, help="from scratch: both towers' width and the embedding's length")
+    p.add_argument("--layers", type=int, default=4, help="from scratch: both towers' depth")
+    p.add_argument("--float16", action="store_true", help="export the weights in float16 (half the size; "
+                   "loaded back as float32): a CLIP over 2.5M parameters stays under 10 MB")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "pipelines.train.clip", argv)
+    if args.init and (args.width, args.layers) != (128, 4):
+        p.error("--width and --layers size a CLIP trained from scratch; --init keeps the exported one's size")
     if args.eval_only:
         torch.set_num_threads(args.threads)
         print(json.dumps(evaluate(load_clip(args.out)), indent=2))
