@@ -12,18 +12,16 @@ minutes per CLIP.
 """
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipelines import shapes  # noqa: E402
-from pipelines.models.clip import load_clip  # noqa: E402
-from pipelines.models.unclip import image_embedding  # noqa: E402
-from pipelines.train.diffusion import to_x  # noqa: E402
+import shapes
+from pipelines.models.clip import load_clip
+from pipelines.models.unclip import image_embedding
+from lab.train.diffusion import to_x
 
 
 def lone_objects(n: int, seed: int = 0):

@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PROMPT = "a large yellow diamond above a small blue circle"
 CASES = ("reference-1", "cached-1", "reference-8", "cached-8", "engine-8")

@@ -12,7 +12,7 @@ of the evaluation set, in turn) and seeds:
           pair in one batch, --batch images at a time, previews off;
   previews  the fast path at 25 steps with x_t/x0 previews every step and at the
           preset's preview_every, against previews off (the cost of watching).
-Every image is scored by the evaluation judge (`pipelines.eval.judge`). Prints seconds
+Every image is scored by the evaluation judge (`lab.eval.judge`). Prints seconds
 per image, the speed-up over the plain loop, `correct` of each, and the process's
 peak resident memory with the models loaded and after the loops. The loops take turns
 caption by caption, and each preview setting keeps its median of 7 rounds.
@@ -23,12 +23,10 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def peak_rss_mb() -> float:
@@ -36,7 +34,7 @@ def peak_rss_mb() -> float:
 
 
 def captions(n: int) -> list[str]:
-    from pipelines.eval import evalset
+    from lab.eval import evalset
 
     cats = list(evalset.load().values())
     return [cats[i % len(cats)][i // len(cats)]["caption"] for i in range(n)]
@@ -95,7 +93,7 @@ def main(argv=None) -> int:
     import torch
 
     from pipelines.diffusion import components
-    from pipelines.eval.judge import judge
+    from lab.eval.judge import judge
     from pipelines.presets import load_preset
     from pipelines.registry import Registry
 

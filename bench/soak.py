@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def rss_mb() -> float:
@@ -58,8 +57,7 @@ def main(argv=None) -> int:
     import app
     from gradio_client import Client
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import free_port
+    from tests.conftest import free_port
 
     app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.LAUNCH)
     client = Client(app.demo.local_url, verbose=False, download_files=False)

@@ -6,7 +6,7 @@ For fresh two-object training scenes, the denoising loss with the true caption a
 loss with one part of the caption changed, at a few timesteps, on the same latents, noise and
 timesteps. A model that reads a word loses when the word is changed; one that ignores it
 scores the same (+0 %). Changes:
-  shape     one object's shape word (pipelines.train.clip.swap_shape)
+  shape     one object's shape word (lab.train.clip.swap_shape)
   colour    two colours exchanged (swap_colours)
   relation  the relation's direction flipped ("above" <-> "below", "to the left of" <->
             "to the right of"): the same words in the same places, the objects' places swapped
@@ -15,18 +15,16 @@ Prints one line per model and change: the loss increase at each timestep.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 FLIP = {"above": "below", "below": "above", "to the left of": "to the right of", "to the right of": "to the left of"}
 
 
 def flip_relation(caption: str) -> str:
     """The caption with its relation's direction reversed."""
-    from pipelines import shapes
+    import shapes
 
     scene = shapes.parse_caption(caption)
     if scene.relation is None:
@@ -47,13 +45,13 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from pipelines import shapes
+    import shapes
     from pipelines.diffusion_sampling import make_scheduler
     from pipelines.models.clip import load_clip
     from pipelines.models.diffusion import from_pretrained, text_states
     from pipelines.models.vqgan import from_pretrained as load_vqgan
-    from pipelines.train.clip import swap_colours, swap_shape
-    from pipelines.train.diffusion import regression_target, to_x
+    from lab.train.clip import swap_colours, swap_shape
+    from lab.train.diffusion import regression_target, to_x
 
     weights = ROOT / "presets" / "weights"
     clip, vqgan = load_clip(weights / "shapes-clip").eval(), load_vqgan(weights / "shapes-vqgan").eval()

@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def one_case(case: str, preset: str, batch: int, repeats: int, threads: int, device: str | None) -> dict:
     import torch
 
-    from pipelines import shapes
+    import shapes
     from pipelines.events import generate
     from pipelines.presets import load_preset
     from pipelines.registry import Registry

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/unclip_variations.py --per-category 10 --variations 4
 
-For the first --per-category captions of each evaluation-set category (`pipelines/eval/
+For the first --per-category captions of each evaluation-set category (`lab/eval/
 captions.json`), the reference renderer draws the source picture at the caption's seed,
 the engine makes --variations variations of it (preset defaults, decoder only), and
-`pipelines.eval.judge` says whether the source caption is true of each variation. The
+`lab.eval.judge` says whether the source caption is true of each variation. The
 source pictures are judged too: a source the judge already rejects says nothing about the
 decoder.
 
@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def distances(source, images) -> tuple[list[float], list[float]]:
@@ -54,9 +52,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from pipelines import shapes
-    from pipelines.eval import evalset
-    from pipelines.eval.judge import judge
+    import shapes
+    from lab.eval import evalset
+    from lab.eval.judge import judge
     from pipelines.events import generate
     from pipelines.presets import load_preset
     from pipelines.registry import Registry

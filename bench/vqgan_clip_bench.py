@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def load_models(case: str):
 
     from pipelines.models.clip import CLIP
     from pipelines.models.vqgan import VQGAN, VQGANConfig
-    from pipelines.train.clip import train_tokenizer
+    from lab.train.clip import train_tokenizer
 
     torch.manual_seed(0)
     vqgan = VQGAN(VQGANConfig(n_embed=16384)).eval().requires_grad_(False)  # ImageNet f16 16384 architecture

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import __version__, media, shapes
+import shapes
+from pipelines import __version__, media
 from pipelines.diffusion import _number, _row, _square, side_by_side, trajectory_strip
 from pipelines.diffusion_sampling import SAMPLERS, denoise, make_scheduler
 from pipelines.events import Final, Step, StopCheck, never_stop

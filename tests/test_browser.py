@@ -274,7 +274,7 @@ def test_a_reload_finds_the_run_again(page, tab):
 def test_unclip_variations_after_a_text_run_drop_its_prior_pick(page, tmp_path):
     """"The prior's pick" describes a text run's embeddings; a variations run that follows has none, so the
     panel must not keep showing the text run's pick beside the variations."""
-    from pipelines import shapes
+    import shapes
 
     tab = TABS[-1]
     _open(page, tab)

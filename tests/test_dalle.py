@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from pipelines import dalle as E
-from pipelines import media, shapes
+import shapes
+from pipelines import media
 from pipelines.events import Final, Step, generate
 from pipelines.models.clip import load_clip
 from pipelines.models.dalle import DALLE, DalleConfig, TextTokenizer, filter_logits, from_pretrained, save_pretrained
@@ -232,7 +233,7 @@ def test_run_through_the_registry_and_presets_without_dalle(registry):
 
 
 def test_eval_plugin_returns_n_samples(registry):
-    from pipelines.eval.engines import ENGINES
+    from lab.eval.engines import ENGINES
 
     best = ENGINES["dalle"](registry, "shapes", "a red circle", 0, 2, {"candidates": 2})
     plain = ENGINES["dalle"](registry, "shapes", "a red circle", 0, 3, {"rerank": False})
@@ -240,7 +241,7 @@ def test_eval_plugin_returns_n_samples(registry):
 
 
 def test_trainer_runs_resumes_and_exports(tmp_path):
-    from pipelines.train import dalle as train
+    from lab.train import dalle as train
 
     out, run = tmp_path / "out", tmp_path / "run"
     common = ["--out", str(out), "--run-dir", str(run), "--batch", "4", "--layers", "1", "--width", "32",
@@ -255,7 +256,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
     logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3]
     rec = json.loads((out / "train.json").read_text())
-    assert "pipelines.train.dalle" in rec["command"] and rec["seed"] == 0 and rec["sequences_seen"] == 12
+    assert "lab.train.dalle" in rec["command"] and rec["seed"] == 0 and rec["sequences_seen"] == 12
     assert set(rec["metrics"]) == {"val_loss_seen", "val_loss_heldout"}
     assert all(math.isfinite(v) for v in rec["metrics"].values())
     model = from_pretrained(out)
@@ -263,7 +264,7 @@ def test_trainer_runs_resumes_and_exports(tmp_path):
 
 
 def test_training_batches_exclude_held_out_pairs_and_state_true_parts():
-    from pipelines.train.dalle import make_batch, partial_caption
+    from lab.train.dalle import make_batch, partial_caption
 
     rng = np.random.default_rng(0)
     _, scenes = make_batch(200, rng)
@@ -278,4 +279,4 @@ def test_built_in_weights_are_small_and_recorded():
     folder = WEIGHTS / "shapes-dalle"
     assert (folder / "model.safetensors").stat().st_size < 10 * 2**20
     rec = json.loads((folder / "train.json").read_text())
-    assert "pipelines.train.dalle" in rec["command"] and "seed" in rec
+    assert "lab.train.dalle" in rec["command"] and "seed" in rec

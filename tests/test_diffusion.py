@@ -44,7 +44,7 @@ def test_builtin_weights_are_small_and_carry_their_config():
     cfg = json.loads((WEIGHTS / "config.json").read_text())
     assert cfg["latent_channels"] == 16 and cfg["latent_size"] == 8 and len(cfg["latent_std"]) == 16
     rec = json.loads((WEIGHTS / "train.json").read_text())
-    assert "pipelines.train.diffusion" in rec["command"] and "seed" in rec
+    assert "lab.train.diffusion" in rec["command"] and "seed" in rec
 
 
 def test_tiny_model_round_trips_through_safetensors(tmp_path):
@@ -146,7 +146,7 @@ def test_clean_previews_show_the_colours_the_decoder_will_draw(parts):
     """The x0 preview colours each 8x8 cell by its nearest VQGAN code's mean colour: on real scenes'
     latents it is far closer to the true cell colours than the linear map, and the engine's last x0
     preview matches the finished picture's cells."""
-    from pipelines import shapes
+    import shapes
 
     model, vqgan = parts["diffusion"], parts["vqgan"]
     assert len(model.config.preview_codes) == vqgan.codebook.shape[0]
@@ -172,7 +172,7 @@ def test_each_sampler_runs_with_and_without_guidance(parts, sampler):
 
 
 def test_image_to_image_keeps_the_init_at_low_strength(parts):
-    from pipelines import shapes
+    import shapes
 
     init = shapes.render(shapes.parse_caption("a large white square on a black background"), 64, 0)
     keep = _sample(parts, init_image=init, strength=0.0, steps=10)
@@ -323,7 +323,7 @@ def test_cli_writes_pictures_strip_and_video(tmp_path, capsys):
 
 
 def test_training_command_trains_resumes_and_exports(tmp_path):
-    from pipelines.train import diffusion as train
+    from lab.train import diffusion as train
 
     out, run = tmp_path / "w", tmp_path / "run"
     common = ["--out", str(out), "--run-dir", str(run), "--batch", "4", "--channels", "32,32", "--log-every", "1",
@@ -334,7 +334,7 @@ def test_training_command_trains_resumes_and_exports(tmp_path):
     logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3]
     rec = json.loads((out / "train.json").read_text())
-    assert "pipelines.train.diffusion" in rec["command"] and rec["seed"] == 0 and math.isfinite(rec["metrics"]["loss"])
+    assert "lab.train.diffusion" in rec["command"] and rec["seed"] == 0 and math.isfinite(rec["metrics"]["loss"])
     model = dm.load_any(out)
     assert model.config.block_out_channels == (32, 32) and (out / "samples.png").exists()
     # a run shorter than --log-every still exports (it once failed reading an empty log), here widened too

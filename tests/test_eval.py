@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import shapes
-from pipelines.eval import evalset, metrics
-from pipelines.eval.__main__ import main as eval_main
-from pipelines.eval.__main__ import parse_overrides
-from pipelines.eval.engines import ENGINES, engine
-from pipelines.eval.groundtruth import degrade, judge_accuracy, mutate
-from pipelines.eval.judge import AREA_FRACTION, SMALL_LARGE, analyse, check, judge, template
-from pipelines.eval.run import evaluate, write_report
+import shapes
+from lab.eval import evalset, metrics
+from lab.eval.__main__ import main as eval_main
+from lab.eval.__main__ import parse_overrides
+from lab.eval.engines import ENGINES, engine
+from lab.eval.groundtruth import degrade, judge_accuracy, mutate
+from lab.eval.judge import AREA_FRACTION, SMALL_LARGE, analyse, check, judge, template
+from lab.eval.run import evaluate, write_report
 from pipelines.registry import Registry
 
 
@@ -68,7 +68,7 @@ def test_relations_need_the_stated_direction_not_just_halves():
     b = shapes.PlacedObject("blue", "circle", "small", 8, 23, 18)
     canvas = Image.new("RGB", (256, 256), shapes.PALETTE["white"])
     from PIL import ImageDraw
-    from pipelines.shapes import _draw
+    from shapes import _draw
     draw = ImageDraw.Draw(canvas)
     for o in (a, b):
         _draw(draw, o, 8)

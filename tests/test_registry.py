@@ -76,7 +76,7 @@ def clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
     from pipelines.models.clip import CLIP, save_clip
-    from pipelines.train.clip import train_tokenizer
+    from lab.train.clip import train_tokenizer
 
     tok = train_tokenizer(n_captions=200)
     text = CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import shapes as S
-from pipelines.shapes import CaptionError, ObjectSpec, Scene, parse_caption
+import shapes as S
+from shapes import CaptionError, ObjectSpec, Scene, parse_caption
 
 
 def alpha(img, color, background):

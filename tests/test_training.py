@@ -8,9 +8,9 @@ import torch
 
 from pipelines.models.clip import load_clip
 from pipelines.models.vqgan import from_pretrained
-from pipelines.shapes import SHAPES
-from pipelines.train import clip as train_clip
-from pipelines.train import vqgan as train_vqgan
+from shapes import SHAPES
+from lab.train import clip as train_clip
+from lab.train import vqgan as train_vqgan
 
 
 def test_vqgan_trains_resumes_and_exports(tmp_path):
@@ -25,7 +25,7 @@ def test_vqgan_trains_resumes_and_exports(tmp_path):
     logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "loss" in r] == [1, 2, 3]  # the resumed run continued at step 3
     rec = json.loads((out / "train.json").read_text())
-    assert "pipelines.train.vqgan" in rec["command"] and rec["seed"] == 0
+    assert "lab.train.vqgan" in rec["command"] and rec["seed"] == 0
     assert {"psnr_db", "codebook_used", "small_shape_mask_iou"} <= set(rec["metrics"])
     model = from_pretrained(out)
     x, _, idx = model(torch.zeros(1, 3, 32, 32))
@@ -54,7 +54,7 @@ def test_hard_scenes_draw_the_shapes_asked_for():
     import numpy as np
     import pytest
 
-    from pipelines.eval.judge import analyse
+    from lab.eval.judge import analyse
 
     assert train_vqgan.shape_weights("star:6, cross:4") == {**dict.fromkeys(SHAPES, 0.0), "star": 6.0, "cross": 4.0}
     for bad in ("stars:1", "star:0", "star:x"):
@@ -81,7 +81,7 @@ def test_tokenizer_ids_are_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("import json; from pipelines.train.clip import train_tokenizer; "
+    code = ("import json; from lab.train.clip import train_tokenizer; "
             "print(json.dumps(train_tokenizer(n_captions=300).get_vocab(), sort_keys=True))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.splitlines()[-1] for seed in (1, 2, 3)]
@@ -104,7 +104,7 @@ def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):
 def test_shape_swapped_captions_differ_in_one_shape_only_and_stay_seen_pairs():
     import numpy as np
 
-    from pipelines import shapes
+    import shapes
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -136,10 +136,10 @@ def test_worker_processes_draw_the_same_batches_in_the_same_order():
 
     import numpy as np
 
-    from pipelines.train import common
-    from pipelines.train import dalle as train_dalle
-    from pipelines.train import diffusion as train_diffusion
-    from pipelines.train import unclip as train_unclip
+    from lab.train import common
+    from lab.train import dalle as train_dalle
+    from lab.train import diffusion as train_diffusion
+    from lab.train import unclip as train_unclip
 
     for make in (functools.partial(train_diffusion.draw_batch, 3, 4, 0.5),
                  functools.partial(train_dalle.draw_batch, 3, 4, 0.5),
@@ -160,9 +160,9 @@ def test_worker_processes_draw_the_same_batches_in_the_same_order():
 def test_p_optional_sets_how_often_captions_state_size_position_and_background():
     """--p-optional (diffusion and unCLIP trainers): 1 states every optional part of every caption, 0 none;
     dropped diffusion captions stay empty."""
-    from pipelines import shapes
-    from pipelines.train import diffusion as train_diffusion
-    from pipelines.train import unclip as train_unclip
+    import shapes
+    from lab.train import diffusion as train_diffusion
+    from lab.train import unclip as train_unclip
 
     draws = {"diffusion": lambda p: train_diffusion.draw_batch(5, 64, 0.0, 0, p_optional=p)[1],
              "unclip": lambda p: train_unclip.draw_batch(5, 64, True, p, 0)[1]}
@@ -191,9 +191,9 @@ def _weights(path):
 def test_every_trainer_continues_from_an_exported_folder(tmp_path):
     """--init DIR starts from an export (architecture and weights): at learning rate 0 the export after
     one more step holds the same weights, and the new run keeps the folder's architecture."""
-    from pipelines.train import dalle as train_dalle
-    from pipelines.train import diffusion as train_diffusion
-    from pipelines.train import unclip as train_unclip
+    from lab.train import dalle as train_dalle
+    from lab.train import diffusion as train_diffusion
+    from lab.train import unclip as train_unclip
 
     runs = [
         (train_diffusion.main, [], ["--channels", "32,32", "--stat-images", "16", "--grid-steps", "2"], []),

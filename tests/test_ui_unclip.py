@@ -6,7 +6,8 @@ import time
 import pytest
 from PIL import Image
 
-from pipelines import media, shapes
+import shapes
+from pipelines import media
 from tests.conftest import shown
 
 PROMPT = "a red circle above a blue square"

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import media, shapes
+import shapes
+from pipelines import media
 from pipelines import unclip as engine
 from pipelines.events import Final, Step, generate
 from pipelines.models import unclip as um
@@ -52,7 +53,7 @@ def test_builtin_weights_are_small_and_carry_their_record(part):
     assert (folder / "model.safetensors").stat().st_size < 10 * 2**20
     assert json.loads((folder / "config.json").read_text())["unclip"] == part
     rec = json.loads((folder / "train.json").read_text())
-    assert f"pipelines.train.unclip {part}" in rec["command"] and "seed" in rec
+    assert f"lab.train.unclip {part}" in rec["command"] and "seed" in rec
     assert "purple star" in rec["held_out_excluded"]
 
 
@@ -303,7 +304,7 @@ def test_cli_text_variations_and_interpolation(tmp_path, capsys):
 
 def test_training_commands_train_resume_and_export(tmp_path):
     from pipelines.models.unclip import from_pretrained
-    from pipelines.train import unclip as train
+    from lab.train import unclip as train
 
     for part, extra in (("prior", ["--width", "32", "--layers", "1", "--heads", "2", "--eval-scenes", "8"]),
                         ("decoder", ["--channels", "32,32", "--stat-images", "16", "--cache", "16",
@@ -317,7 +318,7 @@ def test_training_commands_train_resume_and_export(tmp_path):
                   if "loss" in line]
         assert logged == [1, 2]  # the resumed run continued at step 2
         rec = json.loads((out / "train.json").read_text())
-        assert f"pipelines.train.unclip {part}" in rec["command"] and rec["seed"] == 0
+        assert f"lab.train.unclip {part}" in rec["command"] and rec["seed"] == 0
         assert from_pretrained(out, part) is not None
 
 
@@ -457,7 +458,7 @@ def test_the_presets_unclip_models_name_the_clips_the_preset_gives_them():
 
 def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text_model, tiny):
     from pipelines.models.diffusion import save_pretrained as save_diffusion
-    from pipelines.train import unclip as train
+    from lab.train import unclip as train
 
     save_diffusion(tiny_text_model, tmp_path / "diffusion")
     out, run = tmp_path / "decoder", tmp_path / "run"

@@ -5,7 +5,7 @@ engine: VQGAN+CLIP steers with it (differentiable image encoding), DALL-E rerank
 with it, unCLIP conditions on it. It loads any `openai/clip-vit-base-patch32`-style
 folder or hub id (config.json, model.safetensors, tokenizer and
 preprocessor_config.json), Atelier's built-in shapes CLIP included, which
-`pipelines/train/clip.py` trains and saves in exactly that layout.
+`lab/train/clip.py` trains and saves in exactly that layout.
 
 Images enter `encode_image` as float tensors in [0, 1], (B, 3, H, W), already at the
 model's input size; the CLIP normalisation happens here, inside the graph, so

@@ -19,7 +19,7 @@ that enter the encoder ("embed"). The shapes CLIP's layers all but erase the sha
 word (captions differing only in it have last-layer states at cosine 0.975 after
 that word, against 0.44 for a colour word), while its embeddings still tell the six
 shapes apart (cosine 0.62). It is saved as `config.json` + `model.safetensors`
-(float16 on disk, float32 in memory), trained by `pipelines/train/diffusion.py`.
+(float16 on disk, float32 in memory), trained by `lab/train/diffusion.py`.
 
 `PixelDiffusion` wraps an unconditional diffusers checkpoint (`UNet2DModel` plus a
 scheduler config, the layout of `google/ddpm-cifar10-32`) behind the same interface:
@@ -251,7 +251,7 @@ def text_states(model, clip, prompts: list[str]) -> torch.Tensor:
     """The text states `model` (a LatentDiffusion) was trained to read, for prompts (in the caption form
     it was trained on: see DiffusionConfig.top_left_first)."""
     if model.config.top_left_first:
-        from pipelines.shapes import top_left_first
+        from shapes import top_left_first
 
         prompts = [top_left_first(p) for p in prompts]
     return encode_text(clip, prompts, model.config.text_len, model.config.text_inputs)

@@ -9,7 +9,7 @@ it strictly, without the `taming` or Lightning packages. Written from the notes
 in shared/reference/taming_vqgan.md; no upstream code is reproduced.
 
 The same class is Atelier's built-in shapes tokenizer: it is trained by
-`pipelines/train/vqgan.py` and saved as `config.json` + `model.safetensors`.
+`lab/train/vqgan.py` and saved as `config.json` + `model.safetensors`.
 
 Notation: x is an image in [-1, 1] (B, 3, H, W); h the pre-quantization latent
 (B, embed_dim, H/f, W/f); z_q its quantized value; idx the code indices.

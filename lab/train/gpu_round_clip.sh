@@ -7,8 +7,8 @@
 # 256) are a guess at two 15-minute leases; on a first lease, run it with CLIP_STEPS=500 PAIR_STEPS=300
 # and read the step times in the logs before sizing the real run. A dry run on 2 CPU cores takes 9 min.
 #
-#   device run (carry .whl):  bash pipelines/train/gpu_round_clip.sh
-#   a dry run on a CPU:       OUT=/tmp/gpuc CLIP_STEPS=2 PAIR_STEPS=2 EVAL=1 PY=.venv/bin/python bash pipelines/train/gpu_round_clip.sh
+#   device run (carry .whl):  bash lab/train/gpu_round_clip.sh
+#   a dry run on a CPU:       OUT=/tmp/gpuc CLIP_STEPS=2 PAIR_STEPS=2 EVAL=1 PY=.venv/bin/python bash lab/train/gpu_round_clip.sh
 #
 # Why: the committed CLIP's embedding gives a lone object's shape to an MLP probe 63 % of the time and
 # its position 81 % (bench/clip_probe.py; 76 and 88 % with a probe trained on 33k objects), where the
@@ -34,7 +34,7 @@ mkdir -p "$OUT" "$G"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
 
 # 1. the CLIP (its name is the folder's: the decoder records it as image_clip)
-$PY -m pipelines.train.clip --width "$WIDTH" --layers "$LAYERS" --shape-negatives --hard-negatives --float16 \
+$PY -m lab.train.clip --width "$WIDTH" --layers "$LAYERS" --shape-negatives --hard-negatives --float16 \
     --batch 512 --lr 1e-3 --seed 0 --steps "$CLIP_STEPS" --workers 6 --threads 2 --log-every 100 \
     --sample-every 0 --ckpt-every 1000 --out "$G/shapes-unclip-clip" --run-dir "$G/run_clip" > "$OUT/train_clip.log" 2>&1
 tail -n 1 "$OUT/train_clip.log"
@@ -42,10 +42,10 @@ $PY bench/clip_probe.py presets/weights/shapes-clip "$G/shapes-unclip-clip" 2>&1
 
 # 2. the prior and the decoder on it, side by side (the decoder keeps the shared CLIP's token states)
 pair="--p-optional 0.9 --workers 4 --threads 2 --log-every 100 --sample-every 0 --ckpt-every 1000 --steps $PAIR_STEPS"
-$PY -m pipelines.train.unclip prior --clip "$G/shapes-unclip-clip" --batch 256 --lr 1e-3 --seed 0 --ema 0.99 $pair \
+$PY -m lab.train.unclip prior --clip "$G/shapes-unclip-clip" --batch 256 --lr 1e-3 --seed 0 --ema 0.99 $pair \
     --out "$G/prior" --run-dir "$G/run_prior" > "$OUT/train_prior.log" 2>&1 &
 prior=$!
-$PY -m pipelines.train.unclip decoder --clip "$G/shapes-unclip-clip" --text-clip presets/weights/shapes-clip \
+$PY -m lab.train.unclip decoder --clip "$G/shapes-unclip-clip" --text-clip presets/weights/shapes-clip \
     --init-diffusion presets/weights/shapes-diffusion --text-cond --text-dropout 0.7 --batch 256 --lr 2e-4 --seed 47 \
     --ema 0.999 --ema-start 0 $pair --out "$G/decoder" --run-dir "$G/run_decoder" > "$OUT/train_decoder.log" 2>&1 &
 decoder=$!
@@ -65,7 +65,7 @@ p["components"]["unclip_decoder"] = {"kind": "unclip_decoder", "path": f"{g}/dec
 json.dump(p, open("presets/shapesgpuclip.json", "w"))
 PY
 trap 'rm -f presets/shapesgpuclip.json' EXIT
-$PY -m pipelines.eval unclip --preset shapesgpuclip --per-category "$EVAL" --samples 2 --out "$G/eval-unc" 2>&1 | tail -n 4 | tee "$OUT/eval.txt"
+$PY -m lab.eval unclip --preset shapesgpuclip --per-category "$EVAL" --samples 2 --out "$G/eval-unc" 2>&1 | tail -n 4 | tee "$OUT/eval.txt"
 for s in 1 0.3; do
   $PY bench/unclip_variations.py --preset shapesgpuclip --per-category "$EVAL" --variations 4 --strength $s --threads 2 \
       --out "$G/variations-$s.json" 2>&1 | grep -v Load | tee "$OUT/variations-$s.txt"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from pipelines import shapes
+import shapes
 from pipelines.events import generate
 from pipelines.presets import load_preset
 

@@ -1,10 +1,10 @@
-"""``python -m pipelines.eval ENGINE --preset NAME``: score an engine; ``... judge``: score the judge.
+"""``python -m lab.eval ENGINE --preset NAME``: score an engine; ``... judge``: score the judge.
 
 Examples:
-  python -m pipelines.eval tokenizer --preset shapes --per-category 100 --samples 4
-  python -m pipelines.eval vqgan_clip --preset shapes --set iterations=100
-  python -m pipelines.eval judge --n 1000
-  python -m pipelines.eval table          # the README's table, from reports/eval/*/results.json
+  python -m lab.eval tokenizer --preset shapes --per-category 100 --samples 4
+  python -m lab.eval vqgan_clip --preset shapes --set iterations=100
+  python -m lab.eval judge --n 1000
+  python -m lab.eval table          # the README's table, from reports/eval/*/results.json
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.eval.engines import ENGINES
+from lab.eval.engines import ENGINES
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports" / "eval"
 
@@ -47,7 +47,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def _judge_main(a) -> int:
-    from pipelines.eval.groundtruth import judge_accuracy
+    from lab.eval.groundtruth import judge_accuracy
 
     rows = {}
     for size in (64, 32):
@@ -60,7 +60,7 @@ def _judge_main(a) -> int:
                   flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"command": "python -m pipelines.eval " + " ".join(sys.argv[1:]),
+        Path(a.out).write_text(json.dumps({"command": "python -m lab.eval " + " ".join(sys.argv[1:]),
                                            "n": a.n, "seed": a.seed, "results": rows}, indent=1) + "\n")
     return 0
 
@@ -83,7 +83,7 @@ def table(folder: Path = REPORTS) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lab.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("engine", choices=sorted(ENGINES) + ["judge", "table"])
     p.add_argument("--preset", default="shapes")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from pipelines.eval.run import evaluate, write_report
+    from lab.eval.run import evaluate, write_report
     from pipelines.registry import ModelUnavailable, Registry
 
     try:

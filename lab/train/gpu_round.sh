@@ -3,8 +3,8 @@
 # 15-minute device lease: both fine-tunes side by side, then the evaluation harness on each, and
 # everything packed into $OUT (two tarballs of weights, the reports, the logs).
 #
-#   device run (carry .whl):  bash pipelines/train/gpu_round.sh
-#   a dry run on a CPU:       OUT=/tmp/gpu STEPS=2 EVAL=1 PY=.venv/bin/python bash pipelines/train/gpu_round.sh
+#   device run (carry .whl):  bash lab/train/gpu_round.sh
+#   a dry run on a CPU:       OUT=/tmp/gpu STEPS=2 EVAL=1 PY=.venv/bin/python bash lab/train/gpu_round.sh
 #
 # The device image has torch, transformers and accelerate but not diffusers: carry its wheels in
 # .whl/ (ignored by git; see the device notes: pip download --no-deps diffusers==0.42.1 importlib_metadata).
@@ -26,10 +26,10 @@ fi
 mkdir -p "$OUT" runs/gpu
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
 common="--batch 256 --lr 3e-4 --workers 4 --threads 2 --ema 0.999 --ema-start 0 --log-every 100 --sample-every 0 --ckpt-every 1000 --steps $STEPS"
-$PY -m pipelines.train.diffusion --init presets/weights/shapes-diffusion --p-optional 0.9 --seed 31 $common \
+$PY -m lab.train.diffusion --init presets/weights/shapes-diffusion --p-optional 0.9 --seed 31 $common \
     --out runs/gpu/dif --run-dir runs/gpu/run_dif > "$OUT/train_dif.log" 2>&1 &
 dif=$!
-$PY -m pipelines.train.unclip decoder --init presets/weights/shapes-unclip-decoder --text-cond --text-dropout 0.7 --p-optional 0.9 --seed 33 $common \
+$PY -m lab.train.unclip decoder --init presets/weights/shapes-unclip-decoder --text-cond --text-dropout 0.7 --p-optional 0.9 --seed 33 $common \
     --out runs/gpu/dec --run-dir runs/gpu/run_dec > "$OUT/train_dec.log" 2>&1 &
 dec=$!
 wait $dif
@@ -46,9 +46,9 @@ p["components"]["unclip_decoder"] = {"kind": "unclip_decoder", "path": "runs/gpu
 json.dump(p, open("presets/shapesgpu.json", "w"))
 PY
 trap 'rm -f presets/shapesgpu.json' EXIT
-$PY -m pipelines.eval diffusion --preset shapesgpu --per-category "$EVAL" --samples 2 --out runs/gpu/eval-dif-25 2>&1 | tail -n 4
-$PY -m pipelines.eval diffusion --preset shapesgpu --per-category "$EVAL" --samples 2 --set steps=10 --out runs/gpu/eval-dif-10 2>&1 | tail -n 4
-$PY -m pipelines.eval unclip --preset shapesgpu --per-category $(( (EVAL + 2) / 3 )) --samples 2 --out runs/gpu/eval-unc 2>&1 | tail -n 4
+$PY -m lab.eval diffusion --preset shapesgpu --per-category "$EVAL" --samples 2 --out runs/gpu/eval-dif-25 2>&1 | tail -n 4
+$PY -m lab.eval diffusion --preset shapesgpu --per-category "$EVAL" --samples 2 --set steps=10 --out runs/gpu/eval-dif-10 2>&1 | tail -n 4
+$PY -m lab.eval unclip --preset shapesgpu --per-category $(( (EVAL + 2) / 3 )) --samples 2 --out runs/gpu/eval-unc 2>&1 | tail -n 4
 tar -czf "$OUT/dif.tgz" -C runs/gpu dif eval-dif-25 eval-dif-10
 tar -czf "$OUT/dec.tgz" -C runs/gpu dec eval-unc
 ls -la "$OUT"

@@ -1,12 +1,14 @@
 """What every training command shares: threads, seeds, run records, checkpoints, sample grids.
 
-Each trainer is `python -m pipelines.train.<model> --out DIR ...`. It trains through
-`accelerate`, so `accelerate launch -m pipelines.train.<model>` scales the same code to
+Each trainer is `python -m lab.train.<model> --out DIR ...`. It trains through
+`accelerate`, so `accelerate launch -m lab.train.<model>` scales the same code to
 many GPUs; on this CPU it runs as a plain process. A run directory holds:
   checkpoint.pt   model + optimiser + step, for --resume (not committed)
   log.jsonl       one line of metrics every --log-every steps
   samples_*.png   sample grids written while training
 and the exported weights folder gets `train.json` with the exact command, seed and metrics.
+Logs stay in the run directory; the logs of committed weights are kept in
+`lab/logs/<weights folder>/` (`latest.jsonl` for the weights as they are).
 """
 from __future__ import annotations
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipelines import shapes
-from pipelines.eval import evalset, metrics
-from pipelines.eval.engines import ENGINES
-from pipelines.eval.judge import judge
+import shapes
+from lab.eval import evalset, metrics
+from lab.eval.engines import ENGINES
+from lab.eval.judge import judge
 from pipelines.presets import load_preset
 
 REFERENCE_SEED_OFFSET = 1_000_003    # real renders for the Frechet distance use other seeds than any sample
@@ -138,7 +138,7 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
         "image_size": size,
         "evaluator_clip": clip_spec.label if hasattr(clip_spec, "label") else str(clip_spec),
         "device": str(registry.device),
-        "command": " ".join(["python -m pipelines.eval", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else None,
+        "command": " ".join(["python -m lab.eval", *sys.argv[1:]]) if sys.argv[0].endswith("__main__.py") else None,
         "commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {platform.python_version()}",

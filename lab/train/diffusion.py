@@ -1,6 +1,6 @@
 """Train the built-in shapes diffusion model: a text-conditioned UNet over VQGAN latents.
 
-    python -m pipelines.train.diffusion --out presets/weights/shapes-diffusion --steps 3000
+    python -m lab.train.diffusion --out presets/weights/shapes-diffusion --steps 3000
 
 1. Each step draws fresh scenes from the shapes stream (held-out colour+shape pairs
    excluded), encodes them with the built-in VQGAN to pre-quantisation latents h and
@@ -24,20 +24,19 @@ import copy
 import functools
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import shapes
+import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
 from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, text_states, fit_preview_rgb,
                                        from_pretrained, parse_text_inputs, save_pretrained, with_text_inputs)
 from pipelines.models.vqgan import from_pretrained as load_vqgan
-from pipelines.train import common
+from lab.train import common
 
 log = logging.getLogger("atelier.train.diffusion")
 
@@ -196,7 +195,6 @@ def train(args) -> None:
     fit_preview_rgb(ema, vqgan, preview_images(args.seed))
     save_pretrained(ema, args.out)
     out = Path(args.out)
-    shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
     rows = [sample_images(ema, vqgan, clip, GRID_CAPTIONS, seed, args.grid_steps) for seed in range(4)]
     common.save_grid(rows, out / "samples.png")
     last = ([json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()] or [{}])[-1]
@@ -225,7 +223,7 @@ def main(argv=None) -> None:
                         "its own unless given; new ones are added with zero weights")
     p.add_argument("--top-left-first", action="store_true",
                    help="train (and so sample) on captions that name the top or left object first: 'A below B' "
-                        "is read as 'B above A' (pipelines.shapes.top_left_first)")
+                        "is read as 'B above A' (shapes.top_left_first)")
     p.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting; 0 for plain MSE")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ema-start", type=int, default=200, help="copy the weights until this step, then average")
@@ -233,7 +231,7 @@ def main(argv=None) -> None:
     p.add_argument("--grid-steps", type=int, default=20, help="DPM-Solver++ steps for the sample grids")
     p.add_argument("--fit-preview-only", action="store_true",
                    help="only fit the cheap preview colour map of the folder given by --out, and save it")
-    args = common.parse(p, "pipelines.train.diffusion", argv)
+    args = common.parse(p, "lab.train.diffusion", argv)
     if args.fit_preview_only:
         fit_preview(args)
         return

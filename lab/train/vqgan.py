@@ -1,6 +1,6 @@
 """Train the built-in shapes VQGAN (the tokenizer every engine draws through).
 
-    python -m pipelines.train.vqgan --out presets/weights/shapes-vqgan --steps 3600
+    python -m lab.train.vqgan --out presets/weights/shapes-vqgan --steps 3600
 
 The model is the taming-compatible `pipelines.models.vqgan.VQGAN`, so the result loads
 like any taming checkpoint. Training differs from taming in three ways that suit a
@@ -14,7 +14,7 @@ small CPU budget:
   3. the learning rate follows a warm-up and cosine decay.
 `--eval-only` scores an exported folder: PSNR on fresh scenes, codebook use, how
 well the mask of each small shape survives reconstruction, and how often the
-attribute judge (pipelines.eval.judge) still finds a scene's full caption true.
+attribute judge (lab.eval.judge) still finds a scene's full caption true.
 
 `--decoder-from DIR` fine-tunes only the decoder of an exported VQGAN: encoder and
 codebook stay frozen, so every code keeps its meaning and models trained on the
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import shapes
+import shapes
 from pipelines.models.vqgan import VQGAN, VQGANConfig, count_parameters, from_pretrained, psnr, save_pretrained
-from pipelines.train import common
+from lab.train import common
 
 log = logging.getLogger("atelier.train.vqgan")
 
@@ -194,7 +194,7 @@ def evaluate(model: VQGAN, n: int = 512, size: int = SIZE) -> dict:
 @torch.no_grad()
 def judged_correct(model: VQGAN, n: int = 300, size: int = SIZE) -> float:
     """Share of reconstructed fresh scenes (every caption part stated) the judge finds correct."""
-    from pipelines.eval.judge import judge
+    from lab.eval.judge import judge
 
     rng = np.random.default_rng(EVAL_SEED + 2)
     scenes = [shapes.full_caption_scene(rng, exclude=()) for _ in range(n)]
@@ -206,7 +206,7 @@ def judged_correct(model: VQGAN, n: int = 300, size: int = SIZE) -> float:
 @torch.no_grad()
 def small_shapes_judged(model: VQGAN, per_shape: int = 24, size: int = SIZE) -> dict:
     """Per shape: share of reconstructed one-small-object scenes whose object the judge names rightly."""
-    from pipelines.eval.judge import analyse
+    from lab.eval.judge import analyse
 
     model.eval()
     out = {}
@@ -318,7 +318,7 @@ def main(argv=None) -> None:
     p.add_argument("--hard-shapes", default=HARD_SHAPES, help="how often hard scenes draw each shape")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     p.add_argument("--eval-scenes", type=int, default=512, help="fresh scenes scored at the end")
-    args = common.parse(p, "pipelines.train.vqgan", argv)
+    args = common.parse(p, "lab.train.vqgan", argv)
     if args.eval_only:
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Train the built-in unCLIP pair: the diffusion prior, then the decoder (they train independently).
 
-    python -m pipelines.train.unclip prior   --out presets/weights/shapes-unclip-prior   --steps 4000
-    python -m pipelines.train.unclip decoder --out presets/weights/shapes-unclip-decoder --steps 1800 --cache 16384
+    python -m lab.train.unclip prior   --out presets/weights/shapes-unclip-prior   --steps 4000
+    python -m lab.train.unclip decoder --out presets/weights/shapes-unclip-decoder --steps 1800 --cache 16384
 
 Both draw fresh scenes from the shapes stream each step (held-out colour+shape pairs
 excluded) and read them with a frozen CLIP (--clip; the decoder may read its text token
@@ -19,7 +19,7 @@ decoder: 1. renders -> the VQGAN's normalised latents z0 (statistics measured fi
             with --text-cond the caption's CLIP token states come too (the paper's optional
             text input), replaced by the empty caption's for --text-dropout of the scenes
             and for every unconditional one, so the decoder learns to paint from e alone;
-         2. DDPM's objective with min-SNR weights, as `pipelines/train/diffusion.py`
+         2. DDPM's objective with min-SNR weights, as `lab/train/diffusion.py`
             (noise, or with --prediction-type v_prediction the velocity);
          3. sample grids: fresh renders on the top row, then decodes of their embeddings.
          --init-diffusion DIR starts from the diffusion engine's trained text-to-image UNet
@@ -36,14 +36,13 @@ import copy
 import functools
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import shapes
+import shapes
 from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
 from pipelines.models.diffusion import parse_text_inputs, text_states, with_text_inputs
@@ -53,8 +52,8 @@ from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig,
                                      save_pretrained)
 from pipelines.models.unclip import from_pretrained as load_unclip
 from pipelines.models.vqgan import from_pretrained as load_vqgan
-from pipelines.train import common
-from pipelines.train.diffusion import SIZE, ema_update, latent_stats, min_snr_weight, regression_target, to_x
+from lab.train import common
+from lab.train.diffusion import SIZE, ema_update, latent_stats, min_snr_weight, regression_target, to_x
 
 log = logging.getLogger("atelier.train.unclip")
 
@@ -239,7 +238,6 @@ def train(args) -> None:
     common.place("cpu", ema, vqgan, clip, text_clip)
     save_pretrained(ema, args.out)
     out = Path(args.out)
-    shutil.copy(run_dir / "log.jsonl", out / "train_log.jsonl")
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     final = {k: v for rec in lines for k, v in rec.items() if k in ("loss", "mse")}
     if args.part == "prior":
@@ -307,7 +305,7 @@ def main(argv=None) -> None:
     p.add_argument("--text-cond", action="store_true", help="decoder: also read the caption's CLIP token states")
     p.add_argument("--text-inputs", type=parse_text_inputs, default=None, metavar="last[,embed]",
                    help="decoder with --text-cond: CLIP text states it reads, comma-separated (last, embed; see "
-                        "pipelines.train.diffusion); with --init, new ones are added with zero weights")
+                        "lab.train.diffusion); with --init, new ones are added with zero weights")
     p.add_argument("--text-dropout", type=float, default=0.5,
                    help="decoder with --text-cond: share of scenes shown without their caption")
     p.add_argument("--init", default=None, help="an exported prior or decoder folder to start from (its "
@@ -324,7 +322,7 @@ def main(argv=None) -> None:
     p.add_argument("--cache", type=int, default=0, help="decoder: train on this many scenes encoded once "
                    "(0: fresh scenes every step)")
     p.add_argument("--grid-steps", type=int, default=20, help="DPM-Solver++ steps for the decoder's grids")
-    args = common.parse(p, "pipelines.train.unclip", argv)
+    args = common.parse(p, "lab.train.unclip", argv)
     if args.layers is None:
         args.layers = 4 if args.part == "prior" else 1
     train(args)

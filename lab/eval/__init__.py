@@ -3,5 +3,5 @@
 ``judge`` says which stated attributes of a caption hold in an image;
 ``engines`` adapts each engine to "caption + seed -> images"; ``run``
 generates for the fixed evaluation set and writes a report
-(``python -m pipelines.eval ENGINE --preset NAME``).
+(``python -m lab.eval ENGINE --preset NAME``).
 """

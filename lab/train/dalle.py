@@ -1,8 +1,8 @@
 """Train the built-in shapes DALL-E: a small GPT over caption tokens and VQGAN codes.
 
-    python -m pipelines.train.dalle --out presets/weights/shapes-dalle --steps 2000
+    python -m lab.train.dalle --out presets/weights/shapes-dalle --steps 2000
 
-1. The text tokenizer is the byte-level BPE that `pipelines.train.clip` learns from
+1. The text tokenizer is the byte-level BPE that `lab.train.clip` learns from
    shapes captions (every caption word is one token); it is saved as tokenizer.json.
 2. Every step draws fresh scenes (held-out colour+shape pairs excluded) with every
    optional part decided, renders them, and turns them into 8x8 codes with the frozen
@@ -14,7 +14,7 @@
 3. The loss is the cross-entropy of the 64 codes given the caption and the codes before.
 4. Sample grids (one row per caption, held-out pairs included) are written while
    training; `evaluate` reports the validation loss on fresh scenes of seen pairs and of
-   held-out pairs. Correctness of the pictures is measured by `python -m pipelines.eval`.
+   held-out pairs. Correctness of the pictures is measured by `python -m lab.eval`.
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines import shapes
+import shapes
 from pipelines.models.dalle import DALLE, DalleConfig, from_pretrained, save_pretrained
 from pipelines.models.vqgan import from_pretrained as load_vqgan
-from pipelines.train import common
-from pipelines.train.clip import train_tokenizer
-from pipelines.train.vqgan import to_tensor, to_u8
+from lab.train import common
+from lab.train.clip import train_tokenizer
+from lab.train.vqgan import to_tensor, to_u8
 
 log = logging.getLogger("atelier.train.dalle")
 
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
     p.add_argument("--eval-scenes", type=int, default=512, help="fresh scenes per validation loss")
     p.add_argument("--init", help="an exported model folder to start from (architecture, tokenizer and weights)")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
-    args = common.parse(p, "pipelines.train.dalle", argv)
+    args = common.parse(p, "lab.train.dalle", argv)
     if args.eval_only:
         logging.basicConfig(level=logging.INFO)
         torch.set_num_threads(args.threads)

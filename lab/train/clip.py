@@ -1,6 +1,6 @@
 """Train the built-in shapes CLIP: a tiny transformers CLIPModel on shapes scenes.
 
-    python -m pipelines.train.clip --out presets/weights/shapes-clip --steps 2500
+    python -m lab.train.clip --out presets/weights/shapes-clip --steps 2500
 
 1. A byte-level BPE text tokenizer is trained with the `tokenizers` library on the
    captions, using the pipeline of CLIP's own tokenizer, and saved as a standard
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines import shapes
+import shapes
 from pipelines.models.clip import CLIP, load_clip, save_clip
 from pipelines.models.vqgan import from_pretrained
 from pipelines.vqgan_clip_ops import MakeCutouts
-from pipelines.train import common
+from lab.train import common
 
 log = logging.getLogger("atelier.train.clip")
 
@@ -320,7 +320,7 @@ def main(argv=None) -> None:
     p.add_argument("--float16", action="store_true", help="export the weights in float16 (half the size; "
                    "loaded back as float32): a CLIP over 2.5M parameters stays under 10 MB")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
-    args = common.parse(p, "pipelines.train.clip", argv)
+    args = common.parse(p, "lab.train.clip", argv)
     if args.init and (args.width, args.layers) != (128, 4):
         p.error("--width and --layers size a CLIP trained from scratch; --init keeps the exported one's size")
     if args.eval_only:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from pipelines.shapes import PALETTE, SHAPES, Scene, parse_caption
+from shapes import PALETTE, SHAPES, Scene, parse_caption
 
 SMALL_LARGE = 0.335          # box side / S: small below, large at or above
 _NAMES = list(PALETTE)

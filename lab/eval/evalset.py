@@ -8,7 +8,7 @@
   colour+shape pairs (half with one object, half with two), every part stated.
 
 Every entry carries its own seed, so an engine draws the same samples for it
-on every run. ``python -m pipelines.eval.evalset`` rewrites the file from the
+on every run. ``python -m lab.eval.evalset`` rewrites the file from the
 seed; a test checks that the committed file is exactly what the seed makes.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import shapes
+import shapes
 
 PATH = Path(__file__).with_name("captions.json")
 CATEGORIES = ("one object", "two objects", "held-out pairs")
@@ -66,7 +66,7 @@ def load(path: Path = PATH) -> dict[str, list[dict]]:
 
 
 def write(path: Path = PATH) -> None:
-    data = {"spec": "shapes-domain v1", "seed": SEED, "made_by": "python -m pipelines.eval.evalset",
+    data = {"spec": "shapes-domain v1", "seed": SEED, "made_by": "python -m lab.eval.evalset",
             "categories": build()}
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
 

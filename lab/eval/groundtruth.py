@@ -3,7 +3,7 @@
 ``judge_accuracy`` measures, on fresh seeded renders, how often the judge
 calls a true caption correct (clean and degraded) and how often it rejects
 the same caption with one stated attribute changed. The tests hold it to
-the targets; ``python -m pipelines.eval judge`` prints the numbers.
+the targets; ``python -m lab.eval judge`` prints the numbers.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipelines import shapes
-from pipelines.eval.judge import analyse, check
+import shapes
+from lab.eval.judge import analyse, check
 
 # Degradations, per image, drawn uniformly up to these (blur in pixels at 32 px, scaled with S).
 MAX_BLUR = 0.8
