@@ -92,7 +92,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from pipelines.diffusion import components
+    from pipelines.diffusion import ENGINE_SPEC
     from lab.eval.judge import judge
     from pipelines.presets import load_preset
     from pipelines.registry import Registry
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     preset = load_preset("shapes")
     guidance = a.guidance if a.guidance is not None else preset.defaults["diffusion"]["guidance"]
     reg = Registry(device="cpu")
-    parts = {role: reg.get(spec) for role, spec in components(preset).items()}
+    parts = {role: reg.get(spec) for role, spec in ENGINE_SPEC.components(preset).items()}
     model, vqgan, clip = parts["diffusion"], parts["vqgan"], parts["clip"]
     caps = captions(a.captions)
     res = {"captions": a.captions, "guidance": guidance, "threads": a.threads, "peak_rss_mb": {}}

@@ -57,7 +57,7 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
     import torch
     import torch.nn.functional as F
 
-    from pipelines.media import _ffmpeg_exe
+    from pipelines.media import ffmpeg_exe
     from pipelines.vqgan_clip_ops import PromptLoss, _augment_from_code, clamp_with_grad, replace_grad
 
     def vector_quantize(x, codebook):  # §5.2a: distances, argmin, one-hot matmul, straight-through
@@ -113,7 +113,7 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
             z.copy_(z.maximum(z_min).minimum(z_max))
     # the video: PNGs read back and piped to ffmpeg
     fps = min(max(iters / 10, 10), 60)
-    cmd = [_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "image2pipe", "-vcodec", "png", "-r", str(fps), "-i", "-",
+    cmd = [ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "image2pipe", "-vcodec", "png", "-r", str(fps), "-i", "-",
            "-vcodec", "libx264", "-r", str(fps), "-pix_fmt", "yuv420p", "-crf", "17", "-preset", "veryslow",
            str(out_dir / "output.mp4")]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE)

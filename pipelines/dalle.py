@@ -14,22 +14,21 @@ Image completion keeps the first `keep_rows` rows of an uploaded image's codes a
 the model write the rest (the paper's image-to-image trick). Stop ends the run after
 the current code and returns the candidates as far as they got (grey where unwritten).
 
-Command line: `python -m pipelines.dalle "a large yellow diamond above a small blue circle"`.
+Command line: `python -m pipelines dalle "a large yellow diamond above a small blue circle"`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from pipelines import __version__, media
+from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.validation import number as _number
@@ -101,12 +100,6 @@ def completion_image(image: Image.Image, size: int) -> tuple[Image.Image, list[s
     return rgb, notices
 
 
-def _settings(req: DalleRequest) -> dict:
-    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
-    d["init_image"] = media.image_digest(req.init_image) if req.init_image is not None else None
-    return d
-
-
 # ---------------------------------------------------------------------------
 # Pixels from codes
 # ---------------------------------------------------------------------------
@@ -149,10 +142,9 @@ def _pils(x: torch.Tensor) -> list[Image.Image]:
 def run(req: DalleRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
     """The engine: the preset's DALL-E, VQGAN (and CLIP when reranking) from the registry, then `sample`."""
     preset = load_preset(req.preset)
-    if "dalle" not in preset.components:
-        raise ValueError(f"The preset '{preset.name}' has no DALL-E model; choose the 'shapes' preset.")
+    parts = ENGINE_SPEC.components(preset)
     roles = ("dalle", "vqgan", "clip") if req.rerank else ("dalle", "vqgan")
-    specs = tuple(preset.components[r] for r in roles)
+    specs = tuple(parts[r] for r in roles if r in parts)
     with registry.use(*specs) as models:
         info = {"preset": preset.name, "models": registry.describe(*specs)}
         clip = models[2] if req.rerank else None
@@ -178,7 +170,7 @@ def sample(req: DalleRequest, model, vqgan, clip=None, device="cpu", should_stop
         size = g * vqgan.factor
         image, more = completion_image(req.init_image, size)
         notices += more
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None].to(device) / 127.5 - 1
+        x = media.to_tensor(image, device=device)  # [-1, 1], scaled on the device as before
         with torch.no_grad():
             codes = vqgan.encode(x)[2].view(1, N)
         prefix = codes[:, :int(req.keep_rows) * g].expand(B, -1)
@@ -217,99 +209,44 @@ def sample(req: DalleRequest, model, vqgan, clip=None, device="cpu", should_stop
     images = _pils(x)
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
-        "settings": _settings(req), "tokens_done": int(codes.shape[1] - start), "tokens_total": total,
+        "settings": ENGINE_SPEC.settings(req), "tokens_done": int(codes.shape[1] - start), "tokens_total": total,
         "stopped": stopped, "order": order, "clip_scores": scores,
         "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
     }
     yield Final(ENGINE, [images[i] for i in order], meta, stopped=stopped)
 
 
-def request_from_settings(settings: dict, **overrides) -> DalleRequest:
-    """Rebuild a request from the `settings` stored in an image's metadata (images are not stored)."""
-    fields = {f.name for f in dataclasses.fields(DalleRequest)}
-    kw = {k: v for k, v in settings.items() if k in fields and k != "init_image"}
-    return DalleRequest(**{**kw, **overrides})
-
-
 # ---------------------------------------------------------------------------
-# Command line
+# The engine as the page, the command line and the evaluation see it
 # ---------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from pipelines.registry import ModelUnavailable, Registry
-
-    p = argparse.ArgumentParser(prog="python -m pipelines.dalle", description="DALL-E from the command line.")
-    p.add_argument("prompt")
-    p.add_argument("--preset", default="shapes")
-    p.add_argument("--candidates", type=int, default=None, help="images sampled as one batch (preset default 8)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None, help="the codebook size = no limit")
-    p.add_argument("--top-p", type=float, default=None, help="1 = no nucleus filtering")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, 1 = off")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-rerank", action="store_true", help="keep the sampling order, skip CLIP")
-    p.add_argument("--complete", metavar="IMAGE", help="an image whose top rows are kept and completed")
-    p.add_argument("--keep-rows", type=int, default=None)
-    p.add_argument("--out", default="outputs/dalle.png", help="the best image; the others and the video beside it")
-    p.add_argument("--video", action="store_true", help="write an H.264 mp4 of the grid filling")
-    p.add_argument("--fps", type=int, default=4)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        defaults = dict(load_preset(a.preset).defaults.get(ENGINE, {}))
-        given = {"candidates": a.candidates, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
-                 "guidance": a.guidance, "keep_rows": a.keep_rows}
-        defaults.update({k: v for k, v in given.items() if v is not None})
-        if a.complete:
-            from PIL import Image as _Image
-
-            media.load_image(a.complete, name="image to complete")  # size and format checks first
-            defaults["init_image"] = _Image.open(a.complete)
-        req = request_from_settings(defaults, prompt=a.prompt, preset=a.preset, seed=a.seed,
-                                    rerank=not a.no_rerank and defaults.get("rerank", True))
-        registry = Registry(device=a.device)
-        stop = {"now": False}
-        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
-        stem = str(a.out).rsplit(".", 1)[0]
-        video = media.VideoWriter(stem + ".mp4", fps=a.fps) if a.video else None
-        bar = tqdm(unit="tok")
-        for ev in run(req, registry, lambda: stop["now"]):
-            if isinstance(ev, Step):
-                bar.total = ev.total if ev.stage == "sample" else bar.total
-                bar.update(ev.step - bar.n if ev.stage == "sample" else 0)
-                if ev.notice:
-                    bar.write(ev.notice)
-                if video and "partial" in ev.previews:
-                    video.append(ev.previews["partial"])
-            else:
-                bar.close()
-                paths = []
-                scores = ev.meta["clip_scores"] or [None] * len(ev.images)
-                for rank, (img, score) in enumerate(zip(ev.images, scores)):
-                    path = a.out if rank == 0 else f"{stem}_{rank + 1}.png"
-                    meta = {**ev.meta, "rank": rank + 1, "clip_score": score}
-                    paths += media.save_png(img, path, meta, enlarged_min_side=256 if rank == 0 else None)
-                if video:
-                    video.append(tile(ev.images))
-                    paths.append(video.close())
-                print("\n".join(str(x) for x in paths if x))
-                if ev.meta["clip_scores"]:
-                    print("CLIP scores, best first: " + ", ".join(f"{s:.3f}" for s in ev.meta["clip_scores"]))
-    except (ValueError, ModelUnavailable, FileNotFoundError) as e:  # bad input, missing weights: one clear line
-        print(f"error: {e}")
-        return 2
-    return 0
+def _frame(req, previews) -> Image.Image | None:
+    return previews.get("partial")
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _image_meta(final: Final, k: int) -> dict:
+    """Pictures come best first: each carries its rank and CLIP score."""
+    scores = final.meta.get("clip_scores") or [None] * len(final.images)
+    return {"rank": k + 1, "clip_score": scores[k]}
+
+
+def _complete_from(path: str) -> Image.Image:
+    """The command line's image to complete, checked by media.load_image, handed over in its own mode."""
+    media.load_image(path, name="image to complete")  # format, bytes and pixel limits, before decoding
+    image = Image.open(path)
+    image.load()
+    return image  # the engine converts the mode and says so
+
+
+ENGINE_SPEC = Engine(
+    name=ENGINE, label="DALL-E", request=DalleRequest, run=run,
+    needs=(("dalle", "vqgan"),), optional=("clip",),   # CLIP only to rerank
+    limits={"candidates": (1, MAX_CANDIDATES), "temperature": (0, MAX_TEMPERATURE), "top_p": (0, 1),
+            "guidance": (0, MAX_GUIDANCE)},
+    image_fields=("init_image",),
+    parse={"init_image": _complete_from},
+    frame=_frame, closing_frames=lambda req, final: [tile(final.images)] if final.images else [],
+    image_meta=_image_meta,
+    gpu_seconds=lambda req: int(min(300, 20 + 0.5 * req.candidates)),
+    fps=4)

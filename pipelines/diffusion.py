@@ -18,16 +18,15 @@ sample) and `x0_pred` (the model's clean estimate), each a row of the batch. Sto
 the last clean estimate. `trajectory_strip` and `side_by_side` turn the previews into the
 strip and the video frames that the tab and the command line show.
 
-Command line: `python -m pipelines.diffusion "a red circle above a blue square" --video`.
+Command line: `python -m pipelines diffusion "a red circle above a blue square" --video`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ from PIL import Image
 
 from pipelines import __version__, media
 from pipelines.diffusion_sampling import ETA_SAMPLERS, SAMPLERS, denoise, make_scheduler
+from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.validation import number as _number
@@ -88,32 +88,11 @@ def validate(req: DiffusionRequest) -> DiffusionRequest:
         preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
 
 
-def _settings(req: DiffusionRequest) -> dict:
-    """The request as plain JSON data; the init image becomes its digest."""
-    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
-    d["init_image"] = media.image_digest(req.init_image) if req.init_image is not None else None
-    return d
-
-
-def request_from_settings(settings: dict, **overrides) -> DiffusionRequest:
-    """Rebuild a request from the `settings` in an image's metadata (the init image is not stored)."""
-    fields = {f.name for f in dataclasses.fields(DiffusionRequest)}
-    kw = {k: v for k, v in settings.items() if k in fields and k != "init_image"}
-    return DiffusionRequest(**{**kw, **overrides})
-
-
-def components(preset) -> dict:
-    """Role -> spec: the preset's diffusion model, plus the VQGAN and CLIP a latent text-to-image model needs."""
-    if "diffusion" not in preset.components:
-        raise ValueError(f"The preset '{preset.name}' has no diffusion model; choose one that has.")
-    return {k: preset.components[k] for k in ("diffusion", "vqgan", "clip") if k in preset.components}
-
-
 def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
     """The engine: validate, take the preset's models from the registry, then `sample`."""
     req = validate(req)
     preset = load_preset(req.preset)
-    specs = components(preset)
+    specs = ENGINE_SPEC.components(preset)
     with registry.use(*specs.values()) as models:
         parts = dict(zip(specs, models))
         info = {"preset": preset.name, "models": registry.describe(*specs.values())}
@@ -150,11 +129,6 @@ def _preview(model, vqgan, z: torch.Tensor, clean: bool = False) -> torch.Tensor
     return _decode(model, vqgan, z)
 
 
-def _row(x: torch.Tensor) -> Image.Image:
-    """A batch (B, 3, H, W) in [-1, 1] as one image, side by side."""
-    return Image.fromarray(np.concatenate([media.to_uint8(img) for img in x.float().cpu()], axis=1))
-
-
 def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopCheck = never_stop,
            info: dict | None = None) -> Iterator[Step | Final]:
     t0 = time.perf_counter()
@@ -183,8 +157,7 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
     noise = torch.randn((B, *shape), generator=gen).to(device, dtype)
     if req.init_image is not None:
         side = shape[-1] * (vqgan.factor if model.latent else 1)
-        init = _square(req.init_image.convert("RGB"), side)
-        x_init = torch.from_numpy(np.asarray(init)).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        x_init = media.to_tensor(media.square(req.init_image.convert("RGB"), side))
         with torch.no_grad():
             z0 = _encode(model, vqgan, x_init.to(device, dtype)).repeat(B, 1, 1, 1)
         x = scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(B)) if total else z0
@@ -208,8 +181,8 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         previews = {}
         if req.preview_every and (s.i % req.preview_every == 0 or done == total):
             with torch.no_grad():
-                previews = {"x_t": _row(_preview(model, vqgan, s.x_t)),
-                            "x0_pred": _row(_preview(model, vqgan, s.x0_pred, clean=True))}
+                previews = {"x_t": media.row(_preview(model, vqgan, s.x_t)),
+                            "x0_pred": media.row(_preview(model, vqgan, s.x0_pred, clean=True))}
         yield Step(ENGINE, "denoise", done, total, t=float(s.t), previews=previews,
                    elapsed_s=time.perf_counter() - t0)
         if should_stop():
@@ -221,18 +194,10 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         images = _decode(model, vqgan, x0_pred if stopped else x)
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
-        "settings": _settings(req), "steps_done": done, "steps_total": total, "stopped": stopped,
+        "settings": ENGINE_SPEC.settings(req), "steps_done": done, "steps_total": total, "stopped": stopped,
         "conditional": bool(model.conditional), "seconds": round(time.perf_counter() - t0, 3), "device": str(device),
     }
     yield Final(ENGINE, [media.to_pil(img) for img in images.float().cpu()], meta, stopped=stopped)
-
-
-def _square(img: Image.Image, side: int) -> Image.Image:
-    """Centre-crop to a square, then resize to side x side."""
-    w, h = img.size
-    s = min(w, h)
-    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
-    return img.resize((side, side), Image.Resampling.LANCZOS, box=box)
 
 
 # ---------------------------------------------------------------------------
@@ -264,86 +229,25 @@ def trajectory_strip(frames: list[tuple[Image.Image, Image.Image]], max_columns:
 
 
 # ---------------------------------------------------------------------------
-# Command line
+# The engine as the page, the command line and the evaluation see it
 # ---------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-
-    from tqdm import tqdm
-
-    from pipelines.registry import ModelUnavailable, Registry
-
-    d = DiffusionRequest()
-    p = argparse.ArgumentParser(prog="python -m pipelines.diffusion", description="Diffusion from the command line.")
-    p.add_argument("prompt", nargs="?", default="", help="what to draw (ignored by unconditional models)")
-    p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--preset", default=d.preset)
-    p.add_argument("--sampler", default=None, choices=list(SAMPLERS))
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--eta", type=float, default=d.eta)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--init-image")
-    p.add_argument("--strength", type=float, default=d.strength)
-    p.add_argument("--preview-every", type=int, default=None)
-    p.add_argument("--out", default="outputs/diffusion.png", help="PNG path; strip and video go beside it")
-    p.add_argument("--video", action="store_true", help="write an H.264 mp4 of x_t | x0_pred")
-    p.add_argument("--fps", type=int, default=10)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        defaults = dict(load_preset(a.preset).defaults.get(ENGINE, {}))
-
-        def pick(value, key):
-            return value if value is not None else defaults.get(key, getattr(d, key))
-
-        req = DiffusionRequest(
-            prompt=a.prompt, negative_prompt=a.negative, preset=a.preset, sampler=pick(a.sampler, "sampler"),
-            steps=pick(a.steps, "steps"), guidance=pick(a.guidance, "guidance"), eta=a.eta, seed=a.seed,
-            batch=a.batch, init_image=media.load_image(a.init_image, name="init image") if a.init_image else None,
-            strength=a.strength, preview_every=pick(a.preview_every, "preview_every"))
-        registry = Registry(device=a.device)
-        stop = {"now": False}
-        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
-        stem = str(a.out).rsplit(".", 1)[0]
-        video = media.VideoWriter(stem + ".mp4", fps=a.fps) if a.video else None
-        frames = []
-        bar = None
-        for ev in run(req, registry, lambda: stop["now"]):
-            if isinstance(ev, Step):
-                bar = bar or tqdm(total=ev.total, unit="step")
-                bar.update(ev.step - bar.n)
-                if ev.notice:
-                    bar.write(ev.notice)
-                if "x_t" in ev.previews:
-                    frames.append((ev.previews["x_t"], ev.previews["x0_pred"]))
-                    if video:
-                        video.append(side_by_side(*frames[-1]))
-            else:
-                if bar:
-                    bar.close()
-                paths = []
-                for k, img in enumerate(ev.images):
-                    path = a.out if len(ev.images) == 1 else f"{stem}_{k}.png"
-                    paths += media.save_png(img, path, {**ev.meta, "batch_index": k}, enlarged_min_side=256)
-                strip = trajectory_strip(frames)
-                if strip is not None:
-                    paths += media.save_png(media.enlarge(strip, 256), stem + "_strip.png", ev.meta)
-                if video:
-                    paths.append(video.close())
-                print("\n".join(str(x) for x in paths if x))
-    except (ValueError, ModelUnavailable) as e:  # bad input, missing weights, no network: one clear line
-        print(f"error: {e}")
-        return 2
-    return 0
+def _frame(req, previews) -> Image.Image | None:
+    return side_by_side(previews["x_t"], previews["x0_pred"]) if "x_t" in previews else None
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _strip(req, previews, final) -> Image.Image | None:
+    return trajectory_strip([(p["x_t"], p["x0_pred"]) for p in previews if "x_t" in p])
+
+
+ENGINE_SPEC = Engine(
+    name=ENGINE, label="Diffusion", request=DiffusionRequest, run=run,
+    needs=(("diffusion",),), optional=("vqgan", "clip"),   # a latent text-to-image model needs both
+    limits={"steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "eta": (0, 1), "batch": (1, MAX_BATCH),
+            "strength": (0, 1), "preview_every": (0, MAX_STEPS)},
+    choices={"sampler": tuple(SAMPLERS)},
+    image_fields=("init_image",),
+    frame=_frame, strip=_strip,
+    gpu_seconds=lambda req: int(min(300, 20 + 0.2 * req.steps * req.batch)),
+    fps=10)

@@ -19,20 +19,20 @@ prior nothing is painted yet.
 
 The built-in shapes pair comes from `pipelines/models/unclip.py`; Karlo's diffusers
 checkpoint runs through the adapter in `pipelines/models/karlo.py` with the same interface
-(`UnCLIPParts`).
+(`UnCLIPParts`, in `pipelines/models/unclip.py`).
 
-Command line: `python -m pipelines.unclip "a red circle above a blue square"`,
-`--vary picture.png --batch 4`, `--to "a blue star" --frames 16 --video`.
+Command line: `python -m pipelines unclip "a red circle above a blue square"`,
+`--mode variations --image picture.png --batch 4`,
+`--mode interpolate "a red circle" --prompt-b "a blue star" --frames 16 --video`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,10 +41,13 @@ from PIL import Image
 
 import shapes
 from pipelines import __version__, media
-from pipelines.diffusion import _number, _row, _square, side_by_side, trajectory_strip
+from pipelines.diffusion import side_by_side, trajectory_strip
 from pipelines.diffusion_sampling import SAMPLERS, denoise, make_scheduler
+from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.models import unclip as unclip_models
 from pipelines.presets import load_preset
+from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
 
@@ -135,130 +138,25 @@ def validate(req: UnCLIPRequest) -> UnCLIPRequest:
         preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
 
 
-def _settings(req: UnCLIPRequest) -> dict:
-    """The request as plain JSON data; images become their digests."""
-    d = {f.name: getattr(req, f.name) for f in dataclasses.fields(req)}
-    for k in ("image", "image_b"):
-        d[k] = media.image_digest(d[k]) if d[k] is not None else None
-    return d
-
-
-def request_from_settings(settings: dict, **overrides) -> UnCLIPRequest:
-    """Rebuild a request from the `settings` in an image's metadata (images are not stored)."""
-    fields = {f.name for f in dataclasses.fields(UnCLIPRequest)} - {"image", "image_b"}
-    return UnCLIPRequest(**{**{k: v for k, v in settings.items() if k in fields}, **overrides})
-
-
 # ---------------------------------------------------------------------------
-# The models behind one interface
+# The models behind one interface (UnCLIPParts in pipelines/models/unclip.py, Karlo's adapter in karlo.py)
 # ---------------------------------------------------------------------------
-
-
-class UnCLIPParts:
-    """The built-in shapes pair: prior + decoder over the built-in VQGAN and CLIP.
-
-    `clip` gives every embedding (the prior's input and output, ranking, variations, the caption
-    pool); `text_clip` (default: the same) is the text encoder whose token states the decoder reads,
-    as GLIDE-style decoders keep their own. A preset gives unCLIP a CLIP of its own as `unclip_clip`
-    (say, one trained to see shape, since the decoder paints variations from its image embedding alone).
-
-    The interface the engine uses (Karlo's adapter has the same):
-        prior, decoder                 denoisers for `denoise` (conditional, sample_shape, scheduler_config)
-        prompt_cond(prompts)           the prior's conditioning;  prompt_cond([""]) the unconditional one
-        text_embedding(prompts)        unit-norm CLIP text embeddings (N, D), for ranking candidates
-        image_embedding(images)        unit-norm CLIP image embeddings (N, D) of PIL pictures
-        to_embedding(x)                the prior's sample -> unit-norm embedding (N, D)
-        decoder_cond(emb, prompts)     the decoder's conditioning (prompts: text mode's, else None)
-        decoder_null(n)                its unconditional input
-        decode(z), preview(z)          the decoder's sample -> pictures in [-1, 1] (N, 3, H, W); preview may be cheaper
-        encode(images)                 PIL pictures -> the decoder's sample space (variations below strength 1)
-        device, pool_key               where it runs; what the caption pool's embeddings depend on
-    Embeddings may carry a norm (Karlo's do); similarities and interpolation use their directions.
-    """
-    def __init__(self, prior, decoder, vqgan, clip, text_clip=None):
-        from pipelines.models.unclip import sampling_denoiser
-
-        # the decoder as the samplers run it (its clean estimate clamped to the latents' range)
-        self.prior, self.decoder, self.vqgan, self.clip = prior, sampling_denoiser(decoder), vqgan, clip
-        self.text_clip = clip if text_clip is None else text_clip
-
-    @property
-    def image_size(self) -> int:
-        return self.decoder.config.image_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.clip.mean.device
-
-    def prompt_cond(self, prompts: list[str]) -> torch.Tensor:
-        from pipelines.models.unclip import encode_prompt
-        return encode_prompt(self.clip, prompts, self.prior.config.text_len)
-
-    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
-        return F.normalize(self.clip.encode_text(prompts), dim=-1)
-
-    def image_embedding(self, images: list[Image.Image]) -> torch.Tensor:
-        from pipelines.models.unclip import image_embedding
-        return image_embedding(self.clip, _pixels(images, self.image_size, self.device))
-
-    def to_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x.float(), dim=-1)
-
-    @property
-    def pool_key(self):
-        return self.clip                      # the caption pool's embeddings depend on the CLIP only
-
-    def decoder_cond(self, emb: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        from pipelines.models.unclip import decoder_cond
-        # the embedding's direction, plus (decoders trained with text) the prompt's token states
-        return decoder_cond(self.decoder, self.text_clip, F.normalize(emb.float(), dim=-1), prompts)
-
-    def decoder_null(self, n: int) -> torch.Tensor:
-        from pipelines.models.unclip import decoder_cond
-        return decoder_cond(self.decoder, self.text_clip, torch.zeros(n, self.decoder.config.image_dim, device=self.device))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        z_q = self.vqgan.quantize(self.decoder.denormalize(z))[0]
-        return self.vqgan.decode(z_q).clamp(-1, 1)
-
-    preview = decode                          # cheap here: one VQGAN decoder pass
-
-    def encode(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.decoder.normalize(self.vqgan.encode_latent(_pixels(images, self.image_size, self.device)))
-
-
-def _pixels(images: list[Image.Image], side: int, device) -> torch.Tensor:
-    """PIL pictures -> (N, 3, side, side) in [-1, 1], centre-cropped to squares."""
-    arr = np.stack([np.asarray(_square(img.convert("RGB"), side)) for img in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-
-
-def components(preset) -> dict:
-    """Role -> spec: Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP (and the
-    preset's own CLIP for unCLIP's embeddings, `unclip_clip`, where it has one)."""
-    c = preset.components
-    if "karlo" in c:
-        return {"karlo": c["karlo"]}
-    need = ("unclip_prior", "unclip_decoder", "vqgan", "clip")
-    if not all(k in c for k in need):
-        raise ValueError(f"The preset '{preset.name}' has no unCLIP models; choose one that has.")
-    return {k: c[k] for k in need + (("unclip_clip",) if "unclip_clip" in c else ())}
 
 
 def parts_from(models: dict):
     if "karlo" in models:
         return models["karlo"]          # the loader returns the adapter itself
     if "unclip_clip" in models:   # embeddings from unCLIP's CLIP, the decoder's text states from the shared one
-        return UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["unclip_clip"],
-                           text_clip=models["clip"])
-    return UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"])
+        return unclip_models.UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"],
+                                         models["unclip_clip"], text_clip=models["clip"])
+    return unclip_models.UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"])
 
 
 def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
     """The engine: validate, take the preset's models from the registry, then `sample`."""
     req = validate(req)
     preset = load_preset(req.preset)
-    specs = components(preset)
+    specs = ENGINE_SPEC.components(preset)
     with registry.use(*specs.values()) as models:
         info = {"preset": preset.name, "models": registry.describe(**specs)}   # by role: clip and unclip_clip may both be CLIPs
         yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info)
@@ -318,7 +216,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def _show(x: torch.Tensor) -> Image.Image:
     """A preview row of at most PREVIEW_COLUMNS pictures."""
     keep = np.unique(np.linspace(0, len(x) - 1, min(PREVIEW_COLUMNS, len(x))).round().astype(int))
-    return _row(x[torch.from_numpy(keep)])
+    return media.row(x[torch.from_numpy(keep)])
 
 
 class _Stopped(Exception):
@@ -416,7 +314,7 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
     state: dict = {}
     dtype = next(parts.decoder.parameters()).dtype
     source = None
-    meta = {"engine": ENGINE, "app_version": __version__, **(info or {}), "settings": _settings(req),
+    meta = {"engine": ENGINE, "app_version": __version__, **(info or {}), "settings": ENGINE_SPEC.settings(req),
             "mode": req.mode, "device": str(device)}
     prior_used = False
     try:
@@ -484,101 +382,37 @@ def interpolation_strip(images: list[Image.Image], max_columns: int = 16, gap: i
 
 
 # ---------------------------------------------------------------------------
-# Command line
+# The engine as the page, the command line and the evaluation see it
 # ---------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-
-    from tqdm import tqdm
-
-    from pipelines.registry import ModelUnavailable, Registry
-
-    d = UnCLIPRequest()
-    p = argparse.ArgumentParser(prog="python -m pipelines.unclip", description="unCLIP from the command line.")
-    p.add_argument("prompt", nargs="?", default="", help="what to draw (text to image; the first end with --to)")
-    p.add_argument("--vary", metavar="IMAGE", help="make --batch variations of this picture")
-    p.add_argument("--to", metavar="PROMPT", help="interpolate from the prompt (or --from-image) to this prompt")
-    p.add_argument("--from-image", help="the first interpolation end as a picture")
-    p.add_argument("--to-image", help="the second interpolation end as a picture")
-    p.add_argument("--frames", type=int, default=d.frames)
-    p.add_argument("--preset", default=d.preset)
-    for name in ("prior-sampler", "prior-steps", "prior-guidance", "candidates", "sampler", "steps", "guidance",
-                 "strength", "preview-every"):
-        kind = str if "sampler" in name else (float if ("guidance" in name or name == "strength") else int)
-        p.add_argument(f"--{name}", type=kind, default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--out", default="outputs/unclip.png", help="PNG path; strip and video go beside it")
-    p.add_argument("--video", action="store_true", help="an H.264 mp4: the decoder's x_t | x0_pred, or the interpolation")
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        defaults = dict(load_preset(a.preset).defaults.get(ENGINE, {}))
-
-        def pick(key):
-            value = getattr(a, key)
-            return value if value is not None else defaults.get(key, getattr(d, key))
-
-        mode = "variations" if a.vary else ("interpolate" if (a.to or a.to_image) else "text")
-        load = lambda path, name: media.load_image(path, name=name) if path else None  # noqa: E731
-        req = UnCLIPRequest(
-            mode=mode, prompt=a.prompt, preset=a.preset, seed=a.seed, batch=a.batch, frames=a.frames,
-            image=load(a.vary, "image to vary") if a.vary else load(a.from_image, "first image"),
-            prompt_b=a.to or "", image_b=load(a.to_image, "second image"),
-            **{k: pick(k) for k in ("prior_sampler", "prior_steps", "prior_guidance", "candidates", "sampler",
-                                    "steps", "guidance", "strength", "preview_every")})
-        registry = Registry(device=a.device)
-        stop = {"now": False}
-        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
-        stem = str(a.out).rsplit(".", 1)[0]
-        frames, bar, stage = [], None, None
-        for ev in run(req, registry, lambda: stop["now"]):
-            if isinstance(ev, Step):
-                if ev.stage != stage:
-                    if bar:
-                        bar.close()
-                    bar, stage = tqdm(total=ev.total, unit="step", desc=ev.stage), ev.stage
-                bar.update(ev.step - bar.n)
-                if ev.captions:
-                    bar.set_postfix_str(ev.captions[0])
-                if "x_t" in ev.previews:
-                    frames.append((ev.previews["x_t"], ev.previews["x0_pred"]))
-                continue
-            if bar:
-                bar.close()
-            for item in ev.meta.get("prior", []):
-                print(f"prior kept candidate {item['candidate']}: nearest captions {item['nearest']}")
-            paths = []
-            if mode == "interpolate":
-                strip = interpolation_strip(ev.images)
-                if strip is not None:
-                    paths += media.save_png(media.enlarge(strip, 128), a.out, ev.meta)
-                if a.video and ev.images:
-                    paths.append(media.write_video(ev.images, stem + ".mp4", fps=a.fps))
-            else:
-                for k, img in enumerate(ev.images):
-                    path = a.out if len(ev.images) == 1 else f"{stem}_{k}.png"
-                    paths += media.save_png(img, path, {**ev.meta, "batch_index": k}, enlarged_min_side=256)
-                strip = trajectory_strip(frames)
-                if strip is not None:
-                    paths += media.save_png(media.enlarge(strip, 256), stem + "_strip.png", ev.meta)
-                if a.video and frames:
-                    paths.append(media.write_video([side_by_side(*f) for f in frames], stem + ".mp4", fps=a.fps))
-            if ev.stopped and not ev.images:
-                print("stopped during the prior: no picture yet")
-            print("\n".join(str(x) for x in paths if x))
-    except (ValueError, ModelUnavailable) as e:  # bad input, missing weights, no network: one clear line
-        print(f"error: {e}")
-        return 2
-    return 0
+def _frame(req, previews) -> Image.Image | None:
+    """The decoder's x_t | x0_pred; an interpolation's video is its frames instead."""
+    return side_by_side(previews["x_t"], previews["x0_pred"]) if "x_t" in previews and req.mode != "interpolate" else None
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _strip(req, previews, final) -> Image.Image | None:
+    if req.mode == "interpolate":
+        return interpolation_strip(final.images)
+    return trajectory_strip([(p["x_t"], p["x0_pred"]) for p in previews if "x_t" in p])
+
+
+def _gpu_seconds(req) -> int:
+    n = req.frames if req.mode == "interpolate" else req.batch
+    return int(min(300, 20 + 0.1 * req.steps * n + 0.05 * req.prior_steps * req.candidates))
+
+
+ENGINE_SPEC = Engine(
+    name=ENGINE, label="unCLIP", request=UnCLIPRequest, run=run,
+    # Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP (plus the preset's own CLIP
+    # for unCLIP's embeddings, `unclip_clip`, where it has one)
+    needs=(("karlo",), ("unclip_prior", "unclip_decoder", "vqgan", "clip")), optional=("unclip_clip",),
+    limits={"prior_steps": (1, MAX_STEPS), "prior_guidance": (0, MAX_GUIDANCE), "candidates": (1, MAX_CANDIDATES),
+            "steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "batch": (1, MAX_BATCH),
+            "frames": (2, MAX_FRAMES), "strength": (0, 1), "preview_every": (0, MAX_STEPS)},
+    choices={"mode": MODES, "prior_sampler": tuple(SAMPLERS), "sampler": tuple(SAMPLERS)},
+    image_fields=("image", "image_b"),
+    frame=_frame, strip=_strip,
+    closing_frames=lambda req, final: final.images if req.mode == "interpolate" else (),
+    gpu_seconds=_gpu_seconds,
+    fps=8)

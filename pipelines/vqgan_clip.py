@@ -25,17 +25,16 @@ Where Atelier differs from the reference, on purpose:
     the final decode stay float32;
   - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`).
 
-Command line: `python -m pipelines.vqgan_clip "a red circle:1 | on a blue background:0.5"`.
+Command line: `python -m pipelines vqgan_clip "a red circle:1 | on a blue background:0.5"`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +42,7 @@ from PIL import Image
 
 from pipelines import __version__, media
 from pipelines import prompts as P
+from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.registry import PRECISIONS, autocast, compute_dtype
@@ -147,7 +147,7 @@ def _settings(req: VQGANCLIPRequest) -> dict:
 def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
     """The engine: models from the registry for the request's preset, then `optimise`."""
     preset = load_preset(req.preset)
-    specs = (preset.components["vqgan"], preset.components["clip"])
+    specs = tuple(ENGINE_SPEC.components(preset).values())
     with registry.use(*specs) as (vqgan, clip):
         info = {"preset": preset.name, "models": registry.describe(*specs)}
         yield from optimise(req, vqgan, clip, registry.device, should_stop, info)
@@ -174,7 +174,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     # 1. initial latents: an encoded init image, or random codebook rows (seeded)
     if req.init_image is not None:
         init = req.init_image.convert("RGB").resize((W, H), Image.Resampling.LANCZOS)
-        x_init = _pil_to_tensor(init).mul(2).sub(1).to(device)  # [-1, 1]
+        x_init = media.to_tensor(init, (0, 1)).mul(2).sub(1).to(device)  # [-1, 1]
         with torch.no_grad():
             z = vqgan.encode(x_init)[0].float()
     else:
@@ -212,7 +212,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         img = ip.image.convert("RGB")
         scale = math.sqrt(W * H / (img.width * img.height))  # same area as the output, aspect kept
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
-        x_img = _pil_to_tensor(img).to(device)
+        x_img = media.to_tensor(img, (0, 1)).to(device)
         with torch.no_grad():
             emb = encode_image(cutouts(x_img, gen))
         extra.append((f"loss/{ip.name}", PromptLoss(emb, ip.weight, ip.stop)))
@@ -267,105 +267,36 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     yield Final(ENGINE, [final], meta, stopped=done < total)
 
 
-def _pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB image -> (1, 3, H, W) float in [0, 1]."""
-    import numpy as np
-
-    return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)[None].float().div(255)
-
-
-def request_from_settings(settings: dict, **overrides) -> VQGANCLIPRequest:
-    """Rebuild a request from the `settings` stored in an image's metadata (images are not stored)."""
-    fields = {f.name for f in dataclasses.fields(VQGANCLIPRequest)}
-    kw = {k: v for k, v in settings.items() if k in fields and k not in ("image_prompts", "init_image")}
-    kw["augments"] = tuple(kw.get("augments", ()))
-    kw["noise_prompts"] = tuple(tuple(p) for p in kw.get("noise_prompts", ()))
-    return VQGANCLIPRequest(**{**kw, **overrides})
-
-
 # ---------------------------------------------------------------------------
-# Command line
+# The engine as the page, the command line and the evaluation see it
 # ---------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import signal
-
-    from tqdm import tqdm
-
-    from pipelines.registry import ModelUnavailable, Registry
-
-    d = VQGANCLIPRequest()
-    p = argparse.ArgumentParser(prog="python -m pipelines.vqgan_clip", description="VQGAN+CLIP from the command line.")
-    p.add_argument("prompt", help="'text:weight:stop | ...', '^' separates story phases")
-    p.add_argument("--preset", default=d.preset)
-    p.add_argument("--image-prompts", default="", help="'path:weight | path' target images")
-    p.add_argument("--noise-seeds", default="")
-    p.add_argument("--noise-weights", default="")
-    p.add_argument("--init-image")
-    p.add_argument("--init-weight", type=float, default=d.init_weight)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"))
-    p.add_argument("--iterations", type=int, default=d.iterations)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--optimiser", default=d.optimiser, choices=list(OPTIMISERS))
-    p.add_argument("--cutn", type=int, default=d.cutn)
-    p.add_argument("--cut-pow", type=float, default=d.cut_pow)
-    p.add_argument("--cut-method", default=d.cut_method, choices=list(CUT_METHODS))
-    p.add_argument("--augments", default=",".join(d.augments), help="comma-separated codes, e.g. Af,Pe,Ji,Er")
-    p.add_argument("--preview-every", type=int, default=d.preview_every)
-    p.add_argument("--change-prompt-every", type=int, default=0)
-    p.add_argument("--out", default="outputs/vqgan_clip.png", help="PNG path; the video goes beside it")
-    p.add_argument("--video", action="store_true", help="write an H.264 mp4 of the previews")
-    p.add_argument("--fps", type=int, default=10)
-    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
-                   help="auto: bfloat16 autocast on a CPU with native bfloat16, else float32")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        preset = load_preset(a.preset)
-        defaults = dict(preset.defaults.get(ENGINE, {}))
-        W, H = a.size or (defaults.get("width", d.width), defaults.get("height", d.height))
-        image_prompts = tuple(ImagePrompt(media.load_image(ip.text, name=ip.text), ip.weight, ip.stop, ip.text)
-                              for ip in P.parse_image_prompts(a.image_prompts))
-        req = VQGANCLIPRequest(
-            prompt=a.prompt, preset=a.preset, image_prompts=image_prompts,
-            noise_prompts=tuple(P.parse_noise_prompts(a.noise_seeds, a.noise_weights)),
-            init_image=media.load_image(a.init_image, name="init image") if a.init_image else None,
-            init_weight=a.init_weight, seed=a.seed, width=W, height=H, iterations=a.iterations, lr=a.lr,
-            optimiser=a.optimiser, cutn=a.cutn, cut_pow=a.cut_pow, cut_method=a.cut_method,
-            augments=tuple(s.strip() for s in a.augments.split(",") if s.strip()),
-            preview_every=a.preview_every, change_prompt_every=a.change_prompt_every, precision=a.precision)
-        registry = Registry(device=a.device)
-        stop = {"now": False}
-        signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
-        video = media.VideoWriter(str(a.out).rsplit(".", 1)[0] + ".mp4", fps=a.fps) if a.video else None
-        bar = tqdm(total=req.iterations, unit="it")
-        for ev in run(req, registry, lambda: stop["now"]):
-            if isinstance(ev, Step):
-                bar.update(ev.step - bar.n)
-                if ev.metrics:
-                    bar.set_postfix(loss=f"{ev.metrics['loss']:.3f}")
-                if ev.notice:
-                    bar.write(ev.notice)
-                if video and "current" in ev.previews:
-                    video.append(ev.previews["current"])
-            else:
-                bar.close()
-                paths = media.save_png(ev.images[0], a.out, ev.meta, enlarged_min_side=256)
-                if video:
-                    video.append(ev.images[0])
-                    paths.append(video.close())
-                print("\n".join(str(x) for x in paths if x))
-    except (ValueError, ModelUnavailable) as e:  # bad input, missing weights, no network: one clear line
-        print(f"error: {e}")
-        return 2
-    return 0
+def image_prompts_from(text: str) -> tuple[ImagePrompt, ...]:
+    """'a.png:1 | b.png:0.5' -> target images, each read by media.load_image (its limits, clear errors)."""
+    return tuple(ImagePrompt(media.load_image(ip.text, name=ip.text), ip.weight, ip.stop, ip.text)
+                 for ip in P.parse_image_prompts(text))
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def noise_prompts_from(text: str) -> tuple[tuple[int, float], ...]:
+    """'1:0.5 | 2:-0.5' -> (seed, weight) noise prompts."""
+    pairs = [piece.split(":") for piece in text.split("|") if piece.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError("Noise prompts are seed:weight pieces separated by '|', e.g. '1:0.5 | 2:-0.5'.")
+    return tuple(P.parse_noise_prompts(", ".join(s for s, _ in pairs), ", ".join(w for _, w in pairs)))
+
+
+ENGINE_SPEC = Engine(
+    name=ENGINE, label="VQGAN+CLIP", request=VQGANCLIPRequest, run=run,
+    needs=(("vqgan", "clip"),),
+    limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN)},
+    choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},
+    image_fields=("image_prompts", "init_image"),
+    parse={"image_prompts": image_prompts_from, "noise_prompts": noise_prompts_from,
+           "augments": lambda text: tuple(s.strip() for s in text.split(",") if s.strip())},
+    frame=lambda req, previews: previews.get("current"),
+    closing_frames=lambda req, final: final.images[:1],   # the video ends on the result
+    image_meta=lambda final, k: {},
+    settings=_settings,
+    gpu_seconds=lambda req: int(min(300, 20 + 0.5 * req.iterations)),   # generous per iteration, capped
+    fps=10)

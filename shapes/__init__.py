@@ -372,7 +372,7 @@ def render(scene: Scene, size: int, seed: int | np.random.Generator | None = Non
 
 
 # --- scene sampling and training streams --------------------------------------------
-def _pairs(exclude: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+def pairs(exclude: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """The colour+shape pairs not excluded (validating the exclusion list)."""
     return _pairs_cached(frozenset(tuple(p) for p in exclude))
 
@@ -414,14 +414,14 @@ def random_scene(rng: np.random.Generator, exclude: Iterable[tuple[str, str]] = 
     """A training-stream scene: two objects with probability p_two; no pair in exclude."""
     if not 0.0 <= p_two <= 1.0:
         raise ValueError(f"p_two must be in [0, 1], got {p_two}")
-    return _scene(rng, _pairs(exclude), p_optional, bool(rng.random() < p_two))
+    return _scene(rng, pairs(exclude), p_optional, bool(rng.random() < p_two))
 
 
 def full_caption_scene(rng: np.random.Generator, exclude: Iterable[tuple[str, str]] = HELD_OUT,
                        two: bool | None = None) -> Scene:
     """A scene with every optional part stated (unambiguous captions for retrieval)."""
     two = bool(rng.random() < 0.5) if two is None else bool(two)
-    return _scene(rng, _pairs(exclude), 1.0, two)
+    return _scene(rng, pairs(exclude), 1.0, two)
 
 
 class ShapesStream:
@@ -435,7 +435,7 @@ class ShapesStream:
                  p_optional: float = 0.5, p_two: float = 0.5) -> None:
         self.size = _check_canvas(size)
         self.exclude = frozenset(tuple(p) for p in exclude)
-        _pairs(self.exclude)  # validate early
+        pairs(self.exclude)  # validate early
         self.p_optional, self.p_two = p_optional, p_two
         self.rng = np.random.default_rng(seed)
 

@@ -41,6 +41,40 @@ def served_app():
         app.demo.close()
 
 
+@pytest.fixture(scope="module")
+def client(served_app, tmp_path_factory):
+    """A gradio_client on the served app, downloading into a fresh folder."""
+    from gradio_client import Client
+
+    return Client(served_app.demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dl")))
+
+
+# how much work a quick run of each engine does in the tests (a new engine adds its line)
+QUICK = {"vqgan_clip": dict(iterations=6, preview_every=2, cutn=4), "diffusion": dict(steps=4, preview_every=1),
+         "dalle": dict(candidates=2), "unclip": dict(prior_steps=4, steps=4, preview_every=1)}
+
+
+def api_args(name: str, preset: str = "shapes", **given) -> list:
+    """The positional values of the `/<name>` endpoint: the tab's RUN_FIELDS (ui/<name>.py) from `given`,
+    else the engine's defaults for the shapes preset (widgets of the tab's own: empty), then the video fps."""
+    import importlib
+
+    from pipelines.engines import ENGINES
+    from pipelines.presets import load_preset
+
+    engine = ENGINES[name]
+    values = {**engine.defaults(load_preset("shapes")), "preset": preset, **given}
+    fields = importlib.import_module(f"ui.{name}").RUN_FIELDS
+    return [list(v) if isinstance(v := values.get(f), tuple) else v for f in fields] + [engine.fps]
+
+
+def outputs_of(name: str) -> dict[str, int]:
+    """Output widget name -> its index in the tab's endpoints' outputs."""
+    import importlib
+
+    return {n: i for i, n in enumerate(importlib.import_module(f"ui.{name}").OUTPUTS)}
+
+
 def shown(value) -> bool:
     """Whether a gradio_client output holds a value: an update the handler skipped (gr.skip())
     reaches the client as the truthy dict {'__type__': 'update'}, which is not a value."""

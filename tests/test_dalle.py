@@ -207,7 +207,7 @@ def test_long_prompt_and_odd_image_modes_are_notices(model, vqgan):
 def test_settings_round_trip_through_png(model, vqgan, tmp_path):
     final = generate(E.sample(req(seed=9, top_k=50, top_p=0.9, rerank=False, candidates=2), model, vqgan))
     path = media.save_png(final.images[0], tmp_path / "x.png", final.meta)[0]
-    back = E.request_from_settings(media.read_meta(path)["settings"])
+    back = E.ENGINE_SPEC.request_from_settings(media.read_meta(path)["settings"])
     assert back == req(seed=9, top_k=50, top_p=0.9, rerank=False, candidates=2)
 
 

@@ -28,7 +28,7 @@ def registry():
 def parts(registry):
     """The built-in model, VQGAN and CLIP, loaded once through the registry."""
     p = engine.load_preset("shapes")
-    return {role: registry.get(spec) for role, spec in engine.components(p).items()}
+    return {role: registry.get(spec) for role, spec in engine.ENGINE_SPEC.components(p).items()}
 
 
 def _sample(parts, **kw):
@@ -245,7 +245,7 @@ def test_hub_preset_offline_is_one_sentence(tmp_path, monkeypatch):
 def test_png_metadata_rebuilds_the_request(parts, tmp_path):
     final = _sample(parts, prompt="a purple star", negative_prompt="a red circle", seed=9, guidance=2.5)[-1]
     path = media.save_png(final.images[0], tmp_path / "x.png", final.meta)[0]
-    req = engine.request_from_settings(media.read_meta(path)["settings"])
+    req = engine.ENGINE_SPEC.request_from_settings(media.read_meta(path)["settings"])
     assert (req.prompt, req.negative_prompt, req.seed, req.guidance, req.steps) == ("a purple star", "a red circle", 9, 2.5, 4)
     assert "a purple star" in Image.open(path).text["parameters"]
 
@@ -313,12 +313,14 @@ def test_hub_preset_runs_from_the_hub_cache(tmp_path, monkeypatch):
 
 def test_cli_writes_pictures_strip_and_video(tmp_path, capsys):
     out = tmp_path / "o" / "pic.png"
-    assert engine.main(["a red circle", "--steps", "3", "--batch", "2", "--preview-every", "1", "--video",
-                        "--out", str(out)]) == 0
+    from pipelines.__main__ import main
+
+    assert main(["diffusion", "a red circle", "--steps", "3", "--batch", "2", "--preview-every", "1", "--video",
+                 "--out", str(out)]) == 0
     names = {p.name for p in out.parent.iterdir()}
     assert {"pic_0.png", "pic_1.png", "pic_strip.png", "pic.mp4"} <= names
     assert media.read_meta(out.parent / "pic_1.png")["batch_index"] == 1
-    assert engine.main(["a red circle", "--steps", "0"]) == 2
+    assert main(["diffusion", "a red circle", "--steps", "0"]) == 2
     assert "error: Steps must be" in capsys.readouterr().out
 
 

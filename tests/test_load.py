@@ -3,8 +3,8 @@
 Eight clients spread over every engine tab, several runs each, on the built-in
 presets: every run completes with its own prompt and seed (never another
 user's), each model is loaded once, resident models stay within the registry's
-budget, and a waiting user sees their place in the queue. A new engine joins
-with one row in ENGINES.
+budget, and a waiting user sees their place in the queue. Every engine of the
+table (pipelines/engines.py) takes part.
 """
 import threading
 import time
@@ -12,6 +12,8 @@ import time
 import pytest
 
 from pipelines import media
+from pipelines.engines import ENGINES as TABLE
+from tests.conftest import QUICK, api_args, outputs_of
 
 N_CLIENTS = 8
 RUNS_EACH = 2
@@ -19,30 +21,8 @@ PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow cross", "a
            "a black triangle", "a purple circle", "an orange square"]
 
 
-def vqgan_clip(prompt, seed):
-    return ["shapes", prompt, seed, 32, 32, 4, 2, None, "", None, 0, "", "", 0.1, "Adam", 4, 1.0, "latest",
-            ["Af", "Pe"], 0, "auto", 10]
-
-
-def dalle(prompt, seed):
-    return ["shapes", prompt, 2, 1.0, 1024, 1.0, 1.0, seed, True, None, 4, 4]
-
-
-def diffusion(prompt, seed):
-    return ["shapes", prompt, "", "DPM-Solver++", 4, 3.0, 0.0, seed, 1, None, 0.75, 1, 10]
-
-
-def unclip(prompt, seed):
-    return ["shapes", prompt, 2, 1, "DDIM", 4, 2.0, "DPM-Solver++", 4, 3.0, seed, 1, 8]
-
-
-# api name -> (args for a short run, index of the settings JSON in the outputs, of the files list)
-ENGINES = {
-    "vqgan_clip": (vqgan_clip, 5, 4),
-    "dalle": (dalle, 5, 4),
-    "diffusion": (diffusion, 7, 6),
-    "unclip": (unclip, 8, 7),
-}
+# api name -> (index of the settings JSON in the outputs, of the files list), for every engine of the table
+ENGINES = {name: (outputs_of(name)["settings"], outputs_of(name)["files"]) for name in TABLE}
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +68,9 @@ def test_eight_users_at_once(served):
             names = list(ENGINES)
             for k in range(RUNS_EACH):
                 api = names[(i + k) % len(names)]
-                make, settings_at, files_at = ENGINES[api]
+                settings_at, files_at = ENGINES[api]
                 prompt, seed = PROMPTS[i], 1000 * i + k
-                job = client.submit(*make(prompt, seed), api_name=f"/{api}")
+                job = client.submit(*api_args(api, prompt=prompt, seed=seed, **QUICK[api]), api_name=f"/{api}")
                 while not job.done():
                     st = job.status()
                     if st.code == Status.IN_QUEUE and st.rank is not None and st.queue_size:

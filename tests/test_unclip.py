@@ -215,13 +215,15 @@ def test_an_unreadable_image_to_vary_is_refused_by_the_loader(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     with pytest.raises(media.ImageInputError, match="(?i)image to vary"):
         media.load_image(bad, name="image to vary")
-    assert engine.main(["--vary", str(bad)]) == 2
+    from pipelines.__main__ import main
+
+    assert main(["unclip", "--mode", "variations", "--image", str(bad)]) == 2
 
 
 def test_png_metadata_rebuilds_the_request(tiny, tmp_path):
     final = generate(engine.sample(_req(mode="interpolate", prompt_b="a blue star", frames=3, seed=7), tiny, CPU))
     path = media.save_png(final.images[0], tmp_path / "x.png", final.meta)[0]
-    req = engine.request_from_settings(media.read_meta(path)["settings"])
+    req = engine.ENGINE_SPEC.request_from_settings(media.read_meta(path)["settings"])
     assert req == engine.validate(_req(mode="interpolate", prompt_b="a blue star", frames=3, seed=7))
 
 
@@ -237,7 +239,7 @@ def test_nearest_captions_find_the_caption_itself(tiny):
 def test_builtin_pair_loads_through_the_registry_and_runs(registry):
     final = generate(engine.run(_req(batch=2, candidates=2, steps=4), registry))
     assert len(final.images) == 2 and final.meta["models"]["unclip_prior"]["key"].endswith("shapes-unclip-prior")
-    assert set(final.meta["models"]) == set(engine.components(engine.load_preset("shapes")))   # by role
+    assert set(final.meta["models"]) == set(engine.ENGINE_SPEC.components(engine.load_preset("shapes")))   # by role
 
 
 def test_a_folder_of_the_wrong_kind_is_one_clear_message(tmp_path, tiny):
@@ -287,18 +289,22 @@ def test_karlo_preset_offline_is_one_sentence(tmp_path, monkeypatch):
 
 def test_cli_text_variations_and_interpolation(tmp_path, capsys):
     out = tmp_path / "o" / "pic.png"
-    assert engine.main(["a red circle", "--steps", "3", "--prior-steps", "3", "--batch", "2", "--video",
-                        "--out", str(out)]) == 0
+    from pipelines.__main__ import main
+
+    assert main(["unclip", "a red circle", "--steps", "3", "--prior-steps", "3", "--batch", "2", "--video",
+                 "--out", str(out)]) == 0
     assert (tmp_path / "o" / "pic_0.png").exists() and (tmp_path / "o" / "pic.mp4").exists()
     assert media.read_meta(tmp_path / "o" / "pic_0.png")["engine"] == "unclip"
     src = tmp_path / "src.png"
     _circle().save(src)
-    assert engine.main(["--vary", str(src), "--batch", "2", "--steps", "2", "--out", str(tmp_path / "v.png")]) == 0
+    assert main(["unclip", "--mode", "variations", "--image", str(src), "--batch", "2", "--steps", "2",
+                 "--out", str(tmp_path / "v.png")]) == 0
     assert (tmp_path / "v_1.png").exists()
-    assert engine.main(["a red circle", "--to", "a blue star", "--frames", "3", "--steps", "2", "--prior-steps", "2",
-                        "--video", "--out", str(tmp_path / "b.png")]) == 0
-    assert Image.open(tmp_path / "b.png").height >= 128 and (tmp_path / "b.mp4").exists()
-    assert engine.main(["a red circle", "--to", "a red circle"]) == 2
+    assert main(["unclip", "--mode", "interpolate", "a red circle", "--prompt-b", "a blue star", "--frames", "3",
+                 "--steps", "2", "--prior-steps", "2", "--video", "--out", str(tmp_path / "b.png")]) == 0
+    assert Image.open(tmp_path / "b_strip.png").height >= 128 and (tmp_path / "b.mp4").exists()
+    assert (tmp_path / "b_2.png").exists()      # every frame of the blend
+    assert main(["unclip", "--mode", "interpolate", "a red circle", "--prompt-b", "a red circle"]) == 2
     assert "same" in capsys.readouterr().out
 
 
@@ -433,8 +439,8 @@ def test_embeddings_and_the_decoders_text_can_come_from_two_clips(tiny, tiny_tex
     import types
     preset = engine.load_preset("shapes")
     two = types.SimpleNamespace(name="two", components={**preset.components, "unclip_clip": preset.components["clip"]})
-    assert engine.components(two)["unclip_clip"] == preset.components["clip"]
-    assert "unclip_clip" not in engine.components(preset) or "unclip_clip" in preset.components
+    assert engine.ENGINE_SPEC.components(two)["unclip_clip"] == preset.components["clip"]
+    assert "unclip_clip" not in engine.ENGINE_SPEC.components(preset) or "unclip_clip" in preset.components
     # without unclip_clip, the one CLIP serves both
     shared = engine.parts_from({k: v for k, v in models.items() if k != "unclip_clip"})
     assert shared.clip is text_clip and shared.text_clip is text_clip
@@ -447,7 +453,7 @@ def test_the_presets_unclip_models_name_the_clips_the_preset_gives_them():
     them: the embeddings from `unclip_clip` where the preset has one (else `clip`), the decoder's
     token states from `clip`."""
     preset = engine.load_preset("shapes")
-    specs = engine.components(preset)
+    specs = engine.ENGINE_SPEC.components(preset)
     embedding = specs.get("unclip_clip", specs["clip"]).location
     prior = json.loads((WEIGHTS / specs["unclip_prior"].location / "config.json").read_text())
     decoder = json.loads((WEIGHTS / specs["unclip_decoder"].location / "config.json").read_text())

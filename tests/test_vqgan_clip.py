@@ -174,16 +174,18 @@ def test_settings_in_png_reproduce_the_image(registry, tmp_path):
     paths = media.save_png(final.images[0], tmp_path / "out.png", final.meta, enlarged_min_side=256)
     assert len(paths) == 2 and Image.open(paths[1]).size == (256, 256)
     meta = media.read_meta(paths[1])
-    again = generate(E.run(E.request_from_settings(meta["settings"]), registry)).images[0]
+    again = generate(E.run(E.ENGINE_SPEC.request_from_settings(meta["settings"]), registry)).images[0]
     assert np.array_equal(np.asarray(again), np.asarray(Image.open(paths[0]).convert("RGB")))
 
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli.png"
-    rc = E.main(["a red circle:1 | on a blue background:0.5", "--iterations", "4", "--cutn", "4",
+    from pipelines.__main__ import main
+
+    rc = main(["vqgan_clip", "a red circle:1 | on a blue background:0.5", "--iterations", "4", "--cutn", "4",
                  "--preview-every", "1", "--video", "--out", str(out), "--threads", "1"])
     assert rc == 0
     assert out.exists() and (tmp_path / "cli.mp4").exists()
     assert media.read_meta(out)["settings"]["iterations"] == 4
-    assert E.main(["a:b:c", "--out", str(out)]) == 2
+    assert main(["vqgan_clip", "a:b:c", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().out

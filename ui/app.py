@@ -1,11 +1,13 @@
-"""Atelier's page: one tab per engine over one shared registry."""
+"""Atelier's page: one tab per engine of the table (pipelines/engines.py) over one shared registry."""
 from __future__ import annotations
+
+import importlib
 
 import gradio as gr
 
 from pipelines import __version__
+from pipelines.engines import ENGINES
 from ui import models as models_panel
-from ui import dalle, diffusion, unclip, vqgan_clip
 from pipelines.registry import use_worker_threads
 from pipelines.zerogpu import ON_SPACES
 from ui.common import CLIENT_ID_JS, client_id_component
@@ -18,14 +20,9 @@ def build_demo(registry) -> gr.Blocks:
         store.client = client_id_component()
         gr.Markdown(f"# Atelier\nText to image in the browser · v{__version__}")
         with gr.Tabs():
-            with gr.Tab("VQGAN+CLIP", id="vqgan_clip"):
-                vqgan_clip.build(registry, store)
-            with gr.Tab("Diffusion", id="diffusion"):
-                diffusion.build(registry, store)
-            with gr.Tab("DALL-E", id="dalle"):
-                dalle.build(registry, store)
-            with gr.Tab("unCLIP", id="unclip"):
-                unclip.build(registry, store)
+            for engine in ENGINES.values():      # one tab per engine of the table, each ui/<name>.py
+                with gr.Tab(engine.label, id=engine.name):
+                    importlib.import_module(f"ui.{engine.name}").build(registry, store)
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)

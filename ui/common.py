@@ -147,12 +147,6 @@ def loading_note(registry, preset, roles) -> str | None:
     return note
 
 
-def progress_text(step: int, total: int, elapsed: float, metrics: dict) -> str:
-    rate = step / elapsed if elapsed > 0 else 0.0
-    loss = f" · loss {metrics['loss']:.4f}" if "loss" in metrics else ""
-    return f"**Iteration {step}/{total}**{loss} · {rate:.1f} it/s · {elapsed:.1f} s"
-
-
 class Throttle:
     """Let through at most one update per `interval` seconds (plus every forced one)."""
 

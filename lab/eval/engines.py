@@ -1,5 +1,8 @@
 """Every engine as the evaluation sees it: ``(registry, preset, caption, seed, n, overrides) -> n images``.
 
+The product's engines come from its table (`pipelines/engines.py`); the two references
+below (the renderer itself and the VQGAN round trip) are the evaluation's own.
+
 An engine plugs in with one decorated function that returns ``n`` samples of
 one caption, drawn from ``seed`` (the same arguments give the same images).
 ``overrides`` are the CLI's ``--set key=value`` pairs, already parsed as
@@ -13,6 +16,7 @@ from collections.abc import Callable
 from PIL import Image
 
 import shapes
+from pipelines.engines import ENGINES as PRODUCT_ENGINES
 from pipelines.events import generate
 from pipelines.presets import load_preset
 
@@ -66,65 +70,37 @@ def tokenizer(registry, preset: str, caption: str, seed: int, n: int, overrides:
     return [to_pil(o) for o in out]
 
 
-@engine("vqgan_clip")
-def vqgan_clip(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
-    """VQGAN+CLIP from the preset's defaults, one optimisation per sample (seeds seed..seed+n-1)."""
-    from pipelines.vqgan_clip import ENGINE, VQGANCLIPRequest, run
+def _product_engine(name: str) -> EngineFn:
+    """An engine of the product's table, from the preset's defaults and the --set overrides, previews off.
 
-    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
-    settings.update(overrides)
-    settings["augments"] = tuple(settings.get("augments", ()))
-    settings["preview_every"] = 0
-    out = []
-    for i in range(n):
-        req = VQGANCLIPRequest(prompt=caption, preset=preset, seed=seed + i, **settings)
-        out += generate(run(req, registry)).images
-    return out
+    Engines with a batch draw the n pictures in batches (seeds seed, seed + batch, ...); DALL-E
+    unranked (`--set rerank=false`) draws them as n candidates of one batch; every other run is
+    one picture per seed (seed..seed+n-1): VQGAN+CLIP's optimisations, DALL-E's reranked bests.
+    """
+    spec = PRODUCT_ENGINES[name]
 
+    def sample(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
+        p = load_preset(preset)
+        settings = {**overrides, "prompt": caption, "preset": preset}
+        if "preview_every" in spec.fields:
+            settings["preview_every"] = 0
+        field = "batch" if "batch" in spec.fields else ("candidates" if settings.get("rerank") is False else None)
+        if field is None:
+            return [generate(spec.run(spec.make_request(p, **settings, seed=seed + i), registry)).images[0]
+                    for i in range(n)]
+        most = int(spec.limits[field][1])
+        out = []
+        for k in range(0, n, most):
+            req = spec.make_request(p, **settings, seed=seed + k, **{field: min(most, n - k)})
+            out += generate(spec.run(req, registry)).images
+        return out
 
-@engine("diffusion")
-def diffusion(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
-    """The diffusion engine from the preset's defaults: n samples in batches of up to 16 (seed, seed + 16, ...)."""
-    from pipelines.diffusion import ENGINE, MAX_BATCH, DiffusionRequest, run
-
-    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
-    settings.update(overrides)
-    settings["preview_every"] = 0
-    out = []
-    for k in range(0, n, MAX_BATCH):
-        req = DiffusionRequest(prompt=caption, preset=preset, seed=seed + k, batch=min(MAX_BATCH, n - k), **settings)
-        out += generate(run(req, registry)).images
-    return out
+    sample.__doc__ = f"{spec.label}: {_product_engine.__doc__.splitlines()[0]}"
+    return sample
 
 
-@engine("dalle")
-def dalle(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
-    """DALL-E from the preset's defaults. Reranked: each sample is CLIP's best of `candidates`
-    (seeds seed..seed+n-1); not reranked (`--set rerank=false`): n candidates of one batch."""
-    from pipelines.dalle import ENGINE, DalleRequest, run
-
-    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
-    settings.update(overrides)
-    if not settings.get("rerank", True):
-        settings["candidates"] = n
-        return generate(run(DalleRequest(prompt=caption, preset=preset, seed=seed, **settings), registry)).images
-    return [generate(run(DalleRequest(prompt=caption, preset=preset, seed=seed + i, **settings), registry)).images[0]
-            for i in range(n)]
-
-
-@engine("unclip")
-def unclip(registry, preset: str, caption: str, seed: int, n: int, overrides: dict) -> list[Image.Image]:
-    """unCLIP text to image from the preset's defaults: n pictures in batches of up to 16 (seed, seed + 16, ...)."""
-    from pipelines.unclip import ENGINE, MAX_BATCH, UnCLIPRequest, run
-
-    settings = dict(load_preset(preset).defaults.get(ENGINE, {}))
-    settings.update(overrides)
-    settings["preview_every"] = 0
-    out = []
-    for k in range(0, n, MAX_BATCH):
-        req = UnCLIPRequest(prompt=caption, preset=preset, seed=seed + k, batch=min(MAX_BATCH, n - k), **settings)
-        out += generate(run(req, registry)).images
-    return out
+for _name in PRODUCT_ENGINES:
+    ENGINES[_name] = _product_engine(_name)
 
 
 def _array(image: Image.Image):

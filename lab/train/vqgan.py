@@ -75,7 +75,7 @@ def shape_weights(text: str) -> dict[str, float]:
 
 def hard_batch(n: int, rng: np.random.Generator, weights: dict[str, float]) -> np.ndarray:
     """Scenes the tokenizer finds hard: 1-2 objects, small 80 % of the time, shapes drawn by `weights`."""
-    pairs = shapes._pairs(shapes.HELD_OUT)
+    pairs = shapes.pairs(shapes.HELD_OUT)
     p = np.array([weights[sh] for _, sh in pairs], dtype=np.float64)
     p /= p.sum()
     out = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)

@@ -24,10 +24,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from pipelines import media
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class KarloDecoder(nn.Module):
 
 
 class KarloUnCLIP(nn.Module):
-    """The whole checkpoint with the interface of `pipelines.unclip.UnCLIPParts`."""
+    """The whole checkpoint with the interface of `pipelines.models.unclip.UnCLIPParts`."""
 
     def __init__(self, parts: dict):
         super().__init__()
@@ -186,11 +187,8 @@ class KarloUnCLIP(nn.Module):
 
     def encode(self, images) -> torch.Tensor:
         """PIL pictures -> the decoder's 64 px space in [-1, 1] (centre-cropped squares)."""
-        from pipelines.diffusion import _square
-
         side = self.decoder.sample_shape[-1]
-        arr = np.stack([np.asarray(_square(im.convert("RGB"), side)) for im in images])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
+        return media.to_tensor([media.square(im.convert("RGB"), side) for im in images]).to(self.device)
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -42,7 +42,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
+from pipelines import media
 from pipelines.models.diffusion import DiffusionConfig, LatentDiffusion, encode_text, text_states
 
 log = logging.getLogger(__name__)
@@ -332,3 +334,80 @@ def from_pretrained(directory: str | Path, kind: str | None = None) -> Diffusion
     model = model_cls(config_cls(**raw))
     model.load_state_dict({k: v.float() for k, v in load_file(str(directory / "model.safetensors")).items()})
     return model.eval()
+
+
+# ---------------------------------------------------------------------------
+# The built-in pair behind the unCLIP engine's interface (Karlo's adapter: models/karlo.py)
+# ---------------------------------------------------------------------------
+
+
+class UnCLIPParts:
+    """The built-in shapes pair: prior + decoder over the built-in VQGAN and CLIP.
+
+    `clip` gives every embedding (the prior's input and output, ranking, variations, the caption
+    pool); `text_clip` (default: the same) is the text encoder whose token states the decoder reads,
+    as GLIDE-style decoders keep their own. A preset gives unCLIP a CLIP of its own as `unclip_clip`
+    (say, one trained to see shape, since the decoder paints variations from its image embedding alone).
+
+    The interface the engine uses (Karlo's adapter has the same):
+        prior, decoder                 denoisers for `denoise` (conditional, sample_shape, scheduler_config)
+        prompt_cond(prompts)           the prior's conditioning;  prompt_cond([""]) the unconditional one
+        text_embedding(prompts)        unit-norm CLIP text embeddings (N, D), for ranking candidates
+        image_embedding(images)        unit-norm CLIP image embeddings (N, D) of PIL pictures
+        to_embedding(x)                the prior's sample -> unit-norm embedding (N, D)
+        decoder_cond(emb, prompts)     the decoder's conditioning (prompts: text mode's, else None)
+        decoder_null(n)                its unconditional input
+        decode(z), preview(z)          the decoder's sample -> pictures in [-1, 1] (N, 3, H, W); preview may be cheaper
+        encode(images)                 PIL pictures -> the decoder's sample space (variations below strength 1)
+        device, pool_key               where it runs; what the caption pool's embeddings depend on
+    Embeddings may carry a norm (Karlo's do); similarities and interpolation use their directions.
+    """
+    def __init__(self, prior, decoder, vqgan, clip, text_clip=None):
+        # the decoder as the samplers run it (its clean estimate clamped to the latents' range)
+        self.prior, self.decoder, self.vqgan, self.clip = prior, sampling_denoiser(decoder), vqgan, clip
+        self.text_clip = clip if text_clip is None else text_clip
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.mean.device
+
+    def prompt_cond(self, prompts: list[str]) -> torch.Tensor:
+        return encode_prompt(self.clip, prompts, self.prior.config.text_len)
+
+    def text_embedding(self, prompts: list[str]) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(prompts), dim=-1)
+
+    def image_embedding(self, images: list[Image.Image]) -> torch.Tensor:
+        return image_embedding(self.clip, _pixels(images, self.image_size, self.device))
+
+    def to_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=-1)
+
+    @property
+    def pool_key(self):
+        return self.clip                      # the caption pool's embeddings depend on the CLIP only
+
+    def decoder_cond(self, emb: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+        # the embedding's direction, plus (decoders trained with text) the prompt's token states
+        return decoder_cond(self.decoder, self.text_clip, F.normalize(emb.float(), dim=-1), prompts)
+
+    def decoder_null(self, n: int) -> torch.Tensor:
+        return decoder_cond(self.decoder, self.text_clip, torch.zeros(n, self.decoder.config.image_dim, device=self.device))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        z_q = self.vqgan.quantize(self.decoder.denormalize(z))[0]
+        return self.vqgan.decode(z_q).clamp(-1, 1)
+
+    preview = decode                          # cheap here: one VQGAN decoder pass
+
+    def encode(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.decoder.normalize(self.vqgan.encode_latent(_pixels(images, self.image_size, self.device)))
+
+
+def _pixels(images: list[Image.Image], side: int, device) -> torch.Tensor:
+    """PIL pictures -> (N, 3, side, side) in [-1, 1], centre-cropped to squares."""
+    return media.to_tensor([media.square(img.convert("RGB"), side) for img in images]).to(device)

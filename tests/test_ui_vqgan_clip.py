@@ -1,0 +1,62 @@
+"""The VQGAN+CLIP tab through the app's client API, over a real socket (what every tab does: tests/test_tabs.py)."""
+
+import pytest
+from PIL import Image
+
+from pipelines import media
+from tests.conftest import api_args, shown
+
+
+def args(**kw):
+    return api_args("vqgan_clip", **{"prompt": "a red circle:1 | on a blue background:0.5", "iterations": 6,
+                                      "preview_every": 2, "cutn": 4, "seed": 0, **kw})
+
+
+def test_run_streams_previews_and_ends_with_png_and_video(client):
+    outs = list(client.submit(*args(), api_name="/vqgan_clip"))
+    previews = [o for o in outs if shown(o[0])]
+    assert len(previews) >= 3  # previews at iterations 0, 2, 4 and the final image
+    preview, status, final, video, files, settings = outs[-1]
+    assert status.startswith("**Done**")
+    assert Image.open(final).size == (256, 256)  # shown enlarged, nearest-neighbour
+    pngs = [f for f in files if f.endswith(".png")]
+    assert len(pngs) == 2 and video.endswith(".mp4")
+    sizes = sorted(Image.open(p).size for p in pngs)
+    assert sizes == [(32, 32), (256, 256)]  # true size plus the enlarged copy
+    meta = media.read_meta(pngs[0])
+    assert meta["settings"]["prompt"] == "a red circle:1 | on a blue background:0.5"
+    assert settings["settings"]["iterations"] == 6
+
+
+def test_models_panel_lists_loaded_models(client):
+    list(client.submit(*args(iterations=2), api_name="/vqgan_clip"))
+    table = client.predict(api_name="/models_status")
+    assert "vqgan:builtin:shapes-vqgan" in table and "clip:builtin:shapes-clip" in table and "cpu" in table
+
+
+@pytest.mark.parametrize("kind, words", [("text", "not an image"), ("tiny", "at least 8 pixels"), ("huge", "8000")])
+def test_bad_images_are_clear_messages(client, tmp_path, kind, words):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / f"{kind}.png"
+    if kind == "text":
+        path.write_text("this is not a picture")
+    elif kind == "tiny":
+        Image.new("RGB", (1, 1)).save(path)
+    else:  # a valid PNG header claiming 8000x8000: refused before any pixel is decoded
+        Image.new("1", (8000, 8000)).save(path, optimize=True)
+    with pytest.raises(AppError, match=words):    # as a target image
+        client.predict(*args(targets=[handle_file(str(path))]), api_name="/vqgan_clip")
+    with pytest.raises(AppError, match=words):    # as the init image
+        client.predict(*args(init_image=handle_file(str(path))), api_name="/vqgan_clip")
+
+
+def test_target_weight_that_is_not_a_number(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / "target.png"
+    Image.new("RGB", (32, 32), (220, 38, 38)).save(path)
+    with pytest.raises(AppError, match="'heavy' of target image 1 is not a number"):
+        client.predict(*args(targets=[handle_file(str(path))], target_weights="heavy"), api_name="/vqgan_clip")

@@ -1,0 +1,238 @@
+"""One tab scaffold for every engine: widgets declared once by name, the shared handlers wired once.
+
+A tab module (`ui/<engine>.py`) lays out its widgets and registers them by name,
+
+    tab = Tab(ENGINES["diffusion"], registry, runs, prefix="dif", outputs=("x_t", "x0", "status", ...))
+    tab.input("steps", gr.Number(...))           # named as the request's field
+    tab.output("x_t", gr.Image(...))
+
+then says how previews and results map to its widgets (`show`, `finish`) and calls
+`tab.wire(...)`. Everything else is here, the same for every engine:
+
+- a run handler per button whose handler takes the widgets' values by name, builds the
+  request, and follows the run in the store's worker thread (`ui/runs.py`), so a reload
+  finds it again; Stop, resume on page load;
+- the loop from engine events to widget updates: status line, previews, the recorder
+  (`pipelines/recorder.py`) that writes the PNGs with their settings, strip and mp4;
+- "load settings from an image", and a preset's defaults filled into the widgets;
+- errors as one clear message in the page (`gr.Error`), nothing else lost.
+
+API endpoints keep their positional order: the inputs in the order given to `run_button`,
+then the video fps and the browser id; the outputs in the `outputs` order.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable, Mapping
+
+import gradio as gr
+
+from pipelines import media
+from pipelines.events import Final, Step
+from pipelines.presets import list_presets, load_preset
+from pipelines.recorder import Recorder, Recording
+from pipelines.zerogpu import gpu
+from ui.common import USER_ERRORS, Throttle, follow_new_run, loading_note, output_dir, resumable, stop_handler, \
+    user_error
+
+
+def file_path(f) -> str:
+    """A gr.File value (a path, or an object with .name) as a path."""
+    return f if isinstance(f, str) else getattr(f, "name", str(f))
+
+
+def upload(f, name: str):
+    """A gr.File upload -> RGB picture through media.load_image (its size limits and clear errors)."""
+    return media.load_image(file_path(f), name=name) if f else None
+
+
+def step_status(ev: Step, unit: str = "Step") -> str:
+    """**Stage (i/n): Step s/t** · t = .. · loss .. · r steps/s · elapsed."""
+    rate = ev.step / ev.elapsed_s if ev.elapsed_s > 0 else 0.0
+    stage = f"{ev.stage.capitalize()} ({ev.stage_index + 1}/{ev.stage_count}): {unit.lower()}" \
+        if ev.stage_count > 1 else unit
+    t = f" · t = {int(ev.t)}" if ev.t is not None else ""
+    loss = f" · loss {ev.metrics['loss']:.4f}" if "loss" in ev.metrics else ""
+    return f"**{stage} {ev.step}/{ev.total}**{t}{loss} · {rate:.1f} {unit.lower()}s/s · {ev.elapsed_s:.1f} s"
+
+
+def _with_signature(fn: Callable, names: Iterable[str]) -> Callable:
+    """Give `fn(*values)` a signature of one parameter per input plus a last `request: gr.Request`,
+    as Gradio reads it: Gradio then passes the request as the last positional value."""
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    fn.__signature__ = inspect.Signature(params)
+    fn.__annotations__ = {"request": gr.Request}
+    return fn
+
+
+class Tab:
+    def __init__(self, engine, registry, runs, *, prefix: str, outputs: tuple[str, ...], unit: str = "Step"):
+        self.engine, self.registry, self.runs = engine, registry, runs
+        self.name, self.prefix, self.unit = engine.name, prefix, unit
+        self.output_names = outputs
+        self.presets = [p for p in list_presets() if engine.supports(p)]
+        self.first = self.presets[0] if self.presets else None
+        self.defaults = engine.defaults(self.first)    # the widgets' first values
+        self.inputs: dict[str, Any] = {}               # widgets by name (request fields, or the tab's own)
+        self.outputs: dict[str, Any] = {}
+        self.events = gpu(duration=lambda req, registry, stop: engine.gpu_seconds(req))(self._events)
+
+    def _events(self, req, registry, stop):
+        """The engine's events; on a ZeroGPU Space this runs in the GPU worker (a no-op wrapper elsewhere)."""
+        yield from self.engine.run(req, registry, stop)
+
+    # --- declaring widgets ---
+    def input(self, name: str, widget):
+        self.inputs[name] = widget
+        return widget
+
+    def output(self, name: str, widget):
+        self.outputs[name] = widget
+        return widget
+
+    def preset_dropdown(self):
+        return self.input("preset", gr.Dropdown([(p.label, p.name) for p in self.presets],
+                                                value=self.first.name if self.first else None, label="Preset",
+                                                elem_id=f"{self.prefix}_preset"))
+
+    def fps_slider(self, top: int = 60):
+        return self.input("fps", gr.Slider(1, top, value=self.engine.fps, step=1, label="Video fps",
+                                           elem_id=f"{self.prefix}_fps"))
+
+    def load_box(self):
+        """The "load settings from an image" accordion: an upload and its note."""
+        with gr.Accordion("Load settings from an image", open=False):
+            self.load_file = gr.File(label="An Atelier PNG", file_types=[".png"], elem_id=f"{self.prefix}_load")
+            self.load_note = gr.Markdown()
+
+    def result_widgets(self, files_label: str, video_label: str = "Progress video"):
+        """Video, downloads and settings: the last three outputs of every tab."""
+        self.output("video", gr.Video(label=video_label, elem_id=f"{self.prefix}_video", interactive=False))
+        self.output("files", gr.File(label=files_label, file_count="multiple", interactive=False,
+                                     elem_id=f"{self.prefix}_files"))
+        self.output("settings", gr.JSON(label="Settings of the last images", elem_id=f"{self.prefix}_settings"))
+
+    # --- a run: events -> widget updates ---
+    def _tuple(self, values: Mapping[str, Any]) -> tuple:
+        return tuple(values.get(n, gr.skip()) for n in self.output_names)
+
+    def updates(self, make_request: Callable[[], Any], fps_value, should_stop, show: Callable, finish: Callable):
+        """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py).
+
+        `show(ev)` maps a Step's previews to widgets; `finish(final, recording)` the result's
+        own widgets. Status, files, video and settings are filled here.
+        """
+        recorder = None
+        try:
+            req = make_request()
+            note = loading_note(self.registry, load_preset(req.preset),
+                                self.engine.components(load_preset(req.preset)))
+            if note:
+                yield self._tuple({"status": note})
+            events = self.events(req, self.registry, should_stop)
+            ev = next(events)  # validation and model loading happen here: errors surface before any output
+            recorder = Recorder(self.engine, req, output_dir(), getattr(req, "prompt", "") or self.name,
+                                fps=int(fps_value))
+            throttle = Throttle(0.15)
+            first = True
+            while not isinstance(ev, Final):
+                if ev.notice:
+                    gr.Info(ev.notice)
+                recorder.add(ev)
+                shown = show(req, ev, first)
+                if shown or throttle():
+                    yield self._tuple({"status": step_status(ev, self.unit), **(shown or {})})
+                    first = False
+                ev = next(events)
+            # the run ended (finished or stopped): save what was made
+            rec = recorder.finish(ev)
+            recorder = None
+            word = "Stopped" if ev.stopped else "Done"
+            values = {"final": rec.shown, "strip": rec.strip, "video": rec.video, "files": rec.files,
+                      "settings": ev.meta}
+            values.update(finish(req, ev, rec))
+            values["status"] = f"**{word}**" + values.get("status", "")
+            yield self._tuple(values)
+        except USER_ERRORS as e:
+            raise user_error(e) from None
+        finally:
+            if recorder is not None:  # error or server shutdown: drop the unfinished video
+                recorder.abort()
+
+    def run_button(self, button, api_name: str, fields: list[str], make_request: Callable[[dict], Any],
+                   show: Callable = lambda req, ev, first: None,
+                   finish: Callable[[Any, Final, Recording], dict] = lambda req, ev, rec: {}):
+        """Wire a run button: its handler takes `fields` (widget names) by name, then fps and the browser id."""
+        outputs = [self.outputs[n] for n in self.output_names]
+        status = self.outputs["status"]
+
+        def handler(*values):
+            *named_values, fps_value, client_id, request = values
+            named = dict(zip(fields, named_values))
+            make = lambda should_stop: self.updates(lambda: make_request(named), fps_value,  # noqa: E731
+                                                    should_stop, show, finish)
+            yield from follow_new_run(self.runs, self.name, outputs, status, make, client_id, request)
+
+        _with_signature(handler, [*fields, "fps", "client_id"])
+        return button.click(handler, [self.inputs[n] for n in fields] + [self.inputs["fps"], self.runs.client],
+                            outputs, api_name=api_name, concurrency_limit=1, concurrency_id="engines")
+
+    def request(self, named: dict, **extra):
+        """The request from widget values named as its fields (plus `extra`); pictures through `upload`."""
+        kw = {k: v for k, v in named.items() if k in self.engine.fields and k not in extra}
+        for k in self.engine.image_fields:
+            if k in kw and k not in self.engine.parse:
+                kw[k] = upload(kw[k], k.replace("_", " "))
+            elif k in kw:
+                kw[k] = self.engine.parse[k](file_path(kw[k])) if kw[k] else None
+        return self.engine.request(**{**kw, **extra})
+
+    # --- the handlers every tab shares ---
+    def wire(self, stop_button, load: list[tuple[str, str]], preset_fields: Iterable[str],
+             preset_extra: Callable | None = None, preset_extra_outputs: Iterable = (),
+             images_named: str = "images"):
+        """Stop, resume on page load, load settings (widget name, request field) pairs, preset defaults."""
+        outputs = [self.outputs[n] for n in self.output_names]
+        stop_button.click(stop_handler(self.runs, self.name), [self.runs.client], None, api_name=f"{self.name}_stop",
+                          queue=False)
+        resumable(self.runs, self.name, outputs, self.runs.client)
+        self._wire_load(load, images_named)
+        self._wire_preset(list(preset_fields), preset_extra, list(preset_extra_outputs))
+
+    def _wire_load(self, load: list[tuple[str, str]], images_named: str) -> None:
+        engine = self.engine
+
+        def load_settings(file):
+            """Read the settings embedded in a PNG back into the widgets."""
+            if not file:
+                return [gr.skip()] * (len(load) + 1)
+            try:
+                meta = media.read_meta(file_path(file))
+                if meta.get("engine") != engine.name:
+                    raise ValueError(f"it was made by the {meta.get('engine', 'unknown')} engine, not {engine.label}")
+                req = engine.request_from_settings(meta["settings"])
+                load_preset(req.preset)
+            except (ValueError, KeyError, TypeError) as e:
+                raise user_error(ValueError(f"Could not load settings: {e}")) from None
+            values = [list(v) if isinstance(v := getattr(req, f), tuple) else v for _, f in load]
+            stored = any(meta["settings"].get(k) for k in engine.image_fields)
+            mode = f" ({req.mode})" if hasattr(req, "mode") else ""
+            extra = f" Upload the {images_named} again: images are not stored in the PNG." if stored else ""
+            return values + [f"Settings loaded{mode}." + extra]
+
+        self.load_file.upload(load_settings, [self.load_file], [self.inputs[w] for w, _ in load] + [self.load_note],
+                              api_name=f"{self.name}_load")
+
+    def _wire_preset(self, keys: list[str], extra: Callable | None, extra_outputs: list) -> None:
+        def apply_preset(name):
+            try:
+                p = load_preset(name)
+            except ValueError as e:
+                raise user_error(e) from None
+            dflt = {k: list(v) if isinstance(v, tuple) else v for k, v in self.engine.defaults(p).items()}
+            given = p.defaults.get(self.name, {})
+            return [dflt[k] if k in given else gr.skip() for k in keys] + (list(extra(p)) if extra else [])
+
+        self.inputs["preset"].change(apply_preset, [self.inputs["preset"]],
+                                     [self.inputs[k] for k in keys] + extra_outputs, api_name=False)
