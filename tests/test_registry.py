@@ -651,7 +651,7 @@ def test_hub_preset_without_network_fails_fast_even_when_allowed(monkeypatch, tm
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
-    monkeypatch.setattr(R, "_reachable", lambda host, port=443, timeout=3.0: False)
+    monkeypatch.setattr("pipelines.registry.weights._reachable", lambda host, port=443, timeout=3.0: False)
     reg = R.Registry(device="cpu", allow_network=True)
     t0 = time.monotonic()
     with pytest.raises(R.ModelUnavailable, match="cannot be reached \\(no network\\).*built-in 'shapes' preset"):

@@ -155,12 +155,12 @@ def test_precision_runs_the_decoder_and_clip_in_that_dtype_and_keeps_the_result(
     assert np.mean(runs["bfloat16"][-5:]) < first - 0.8 * (first - last)   # bfloat16 gets 80 % of the way or more
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(R, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr("pipelines.registry.runtime.native_bfloat16", lambda device: True)
     assert R.compute_dtype(cpu, "auto", 32 * 32) == torch.float32 and R.compute_dtype(cpu, "auto", 64 * 64) == torch.bfloat16
     assert events(registry, precision="auto", cutn=2)[-1].meta["precision"] == {"decoder": "float32", "clip": "float32"}
     assert events(registry, precision="auto", cutn=16)[-1].meta["precision"] == {"decoder": "float32", "clip": "bfloat16"}
     assert events(registry, precision="auto", width=64, height=64)[-1].meta["precision"]["decoder"] == "bfloat16"
-    monkeypatch.setattr(R, "native_bfloat16", lambda device: False)
+    monkeypatch.setattr("pipelines.registry.runtime.native_bfloat16", lambda device: False)
     assert R.compute_dtype(cpu, "auto", 256 * 256) == torch.float32 and R.compute_dtype(cpu, "bfloat16") == torch.bfloat16
 
 

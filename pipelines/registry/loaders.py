@@ -1,0 +1,94 @@
+"""The default loaders, one per component kind: (spec, registry) -> nn.Module.
+
+Each finds its files through `registry.resolve` / `registry.files` and imports its model code
+lazily, so importing the registry stays cheap. `DEFAULT_LOADERS` is the table a `Registry`
+starts with; `Registry.register_loader` adds or replaces one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch.nn as nn
+
+from ..presets import ComponentSpec
+
+if TYPE_CHECKING:  # for annotations only: cache imports this module at run time, never the reverse
+    from .cache import Registry
+
+
+# -- default loaders: (spec, registry) -> nn.Module ---------------------------------------------
+
+
+def load_vqgan_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """An Atelier or taming folder; a lone .ckpt with a .yaml beside it; or named ckpt + config files."""
+    from ..models import vqgan
+
+    where = registry.resolve(spec)
+    named = registry.files(spec, where)
+    if named:
+        if "ckpt" not in named or "config" not in named:
+            raise ValueError("a VQGAN needs files named \"ckpt\" and \"config\"")
+        return vqgan.load_taming(named["ckpt"], named["config"])
+    where = Path(where)
+    if where.is_file():
+        yamls = sorted(where.parent.glob("*.yaml"))
+        if not yamls:
+            raise FileNotFoundError(f"no model.yaml beside {where.name}")
+        return vqgan.load_taming(where, yamls[0])
+    return vqgan.from_pretrained(where)
+
+
+def load_clip_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """A CLIP folder in the transformers layout, or a hub id (cached, or downloaded when allowed)."""
+    from ..models.clip import load_clip
+
+    return load_clip(registry.resolve(spec), local_files_only=not registry.allow_network)
+
+
+def load_diffusion_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """Atelier's latent diffusion folder, or a diffusers unconditional pipeline (hub ones name their `files`)."""
+    from ..models.diffusion import load_any
+
+    where = registry.resolve(spec)
+    if isinstance(where, str):
+        raise ValueError("a hub diffusion model needs \"files\" naming its config, weights and scheduler_config.json")
+    return load_any(where)
+
+
+def load_dalle_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """A DALL-E folder: the GPT (config.json + model.safetensors), dalle.json and tokenizer.json."""
+    from ..models.dalle import from_pretrained
+
+    return from_pretrained(registry.resolve(spec))
+
+
+def load_unclip_prior_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """Atelier's unCLIP diffusion prior folder (config.json + model.safetensors)."""
+    from ..models.unclip import from_pretrained
+
+    return from_pretrained(registry.resolve(spec), kind="prior")
+
+
+def load_unclip_decoder_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """Atelier's unCLIP decoder folder (config.json + model.safetensors)."""
+    from ..models.unclip import from_pretrained
+
+    return from_pretrained(registry.resolve(spec), kind="decoder")
+
+
+def load_karlo_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """A diffusers UnCLIPPipeline folder or hub id (Karlo's layout: model_index.json and one folder per part).
+    A hub id is resolved first (the cache, then a quick network probe); diffusers then fetches the parts."""
+    from ..models.karlo import load_karlo
+
+    where = registry.resolve(spec)
+    if spec.source == "hub":
+        return load_karlo(spec.location, revision=spec.revision, local_files_only=not registry.allow_network)
+    return load_karlo(where)
+
+
+DEFAULT_LOADERS = {"vqgan": load_vqgan_component, "clip": load_clip_component,
+                   "diffusion": load_diffusion_component, "dalle": load_dalle_component,
+                   "unclip_prior": load_unclip_prior_component, "unclip_decoder": load_unclip_decoder_component,
+                   "karlo": load_karlo_component}
