@@ -34,14 +34,11 @@ def finish(req, ev, rec) -> dict:
 
 def build(registry, runs) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
-    tab = Tab(ENGINES["dalle"], registry, runs, prefix="dal", outputs=OUTPUTS, unit="Code")
-    d, inp, out = tab.defaults, tab.input, tab.output
-
-    with gr.Row():
-        with gr.Column(scale=5):
-            tab.preset_dropdown()
-            prompt = inp("prompt", gr.Textbox(label="Prompt", value=EXAMPLE, lines=2, elem_id="dal_prompt"))
-            gr.Examples(EXAMPLES, inputs=[prompt], label="Examples (shapes preset)", cache_examples=False)
+    with Tab(ENGINES["dalle"], registry, runs, prefix="dal", outputs=OUTPUTS, unit="Code") as tab:
+        d, inp = tab.defaults, tab.input
+        with tab.settings_column():
+            tab.prompt_box(EXAMPLE)
+            tab.examples(EXAMPLES)
             with gr.Row():
                 inp("candidates", gr.Number(label=f"Candidates (1-{MAX_CANDIDATES}, one batch)",
                                             value=d["candidates"], precision=0, elem_id="dal_candidates"))
@@ -57,9 +54,7 @@ def build(registry, runs) -> None:
                                           info="classifier-free 'supercondition': above 1 follows the prompt harder"))
             with gr.Row():
                 tab.fps_slider(30)
-            with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary", elem_id="dal_run")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="dal_stop")
+            run_btn, stop_btn = tab.buttons()
             with gr.Accordion("Image completion", open=False):
                 gr.Markdown("The top rows of the picture's tokens are kept; the model writes the rest.")
                 with gr.Row():
@@ -68,18 +63,13 @@ def build(registry, runs) -> None:
                                               elem_id="dal_init"))
                     inp("keep_rows", gr.Slider(1, 7, value=d["keep_rows"], step=1, label="Token rows to keep (of 8)",
                                                elem_id="dal_keep_rows"))
-            tab.load_box()
-        with gr.Column(scale=4):
-            out("status", gr.Markdown("Ready.", elem_id="dal_status"))
-            out("preview", gr.Image(label="Token grids filling (grey: not written yet)", type="pil", format="png",
-                                    interactive=False, elem_id="dal_preview", elem_classes="pixelated"))
-            out("final", gr.Gallery(label="Candidates, best first", format="png", interactive=False,
-                                    elem_id="dal_final", elem_classes="crisp", columns=4, object_fit="contain"))
-            tab.result_widgets("Downloads (PNGs at true size and enlarged, mp4)")
-
+        with tab.results_column("Downloads (PNGs at true size and enlarged, mp4)"):
+            tab.image_output("preview", "Token grids filling (grey: not written yet)", "preview")
+            tab.gallery("Candidates, best first")
 
     gen_event = tab.run_button(run_btn, "dalle", RUN_FIELDS,
-                               lambda v: tab.request(v, prompt=v["prompt"] or "", rerank=bool(v["rerank"])), show, finish)
+                               lambda v: tab.request(v, prompt=v["prompt"] or "", rerank=bool(v["rerank"])),
+                               show, finish)
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "candidates", "temperature", "top_k", "top_p",
                                                "guidance", "seed", "rerank", "keep_rows")],
              preset_fields=("candidates", "temperature", "top_k", "top_p", "guidance", "rerank", "keep_rows"),

@@ -35,19 +35,16 @@ def finish(req, ev, rec) -> dict:
 
 def build(registry, runs) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
-    tab = Tab(ENGINES["diffusion"], registry, runs, prefix="dif", outputs=OUTPUTS)
-    d, inp, out = tab.defaults, tab.input, tab.output
-
-    with gr.Row():
-        with gr.Column(scale=5):
-            tab.preset_dropdown()
+    with Tab(ENGINES["diffusion"], registry, runs, prefix="dif", outputs=OUTPUTS) as tab:
+        d, inp = tab.defaults, tab.input
+        with tab.settings_column():
             note = gr.Markdown("" if tab.first is None or _conditional(tab.first) else UNCONDITIONAL_NOTE,
                                elem_id="dif_note")
-            prompt = inp("prompt", gr.Textbox(label="Prompt", value=EXAMPLE, lines=2, elem_id="dif_prompt"))
+            prompt = tab.prompt_box(EXAMPLE)
             negative = inp("negative_prompt", gr.Textbox(
                 label="Negative prompt", value="", elem_id="dif_negative",
                 info="what guidance pushes away from (empty: the unconditional model)"))
-            gr.Examples(EXAMPLES, inputs=[prompt], label="Examples (shapes preset)", cache_examples=False)
+            tab.examples(EXAMPLES)
             with gr.Row():
                 sampler = inp("sampler", gr.Dropdown(list(SAMPLERS), value=d["sampler"], label="Sampler",
                                                      elem_id="dif_sampler"))
@@ -65,28 +62,17 @@ def build(registry, runs) -> None:
                 inp("preview_every", gr.Number(label="Preview every N steps (0 = none)", value=d["preview_every"],
                                                precision=0, elem_id="dif_preview_every"))
                 tab.fps_slider()
-            with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary", elem_id="dif_run")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="dif_stop")
+            run_btn, stop_btn = tab.buttons()
             with gr.Accordion("Image to image", open=False):
                 with gr.Row():
                     # a File, not an Image: every upload is decoded by media.load_image, with its size limits
                     inp("init_image", gr.File(label="Init image", file_types=["image"], elem_id="dif_init"))
                     inp("strength", gr.Slider(0, 1, value=d["strength"], step=0.01, elem_id="dif_strength",
                                               label="Strength (0 keeps the image, 1 is pure noise)"))
-            tab.load_box()
-        with gr.Column(scale=4):
-            out("status", gr.Markdown("Ready.", elem_id="dif_status"))
-            with gr.Row():
-                out("x_t", gr.Image(label="x_t (noisy sample)", type="pil", format="png", interactive=False,
-                                    elem_id="dif_xt", elem_classes="pixelated"))
-                out("x0", gr.Image(label="x_0 predicted", type="pil", format="png", interactive=False,
-                                   elem_id="dif_x0", elem_classes="pixelated"))
-            out("final", gr.Gallery(label="Result", format="png", interactive=False, elem_id="dif_final",
-                                    elem_classes="crisp", columns=4, object_fit="contain"))
-            out("strip", gr.Image(label="Trajectory (x_t above, x_0 below)", type="pil", format="png",
-                                  interactive=False, elem_id="dif_strip", elem_classes="pixelated"))
-            tab.result_widgets("Downloads (PNGs at true size and enlarged, strip, mp4)", "Progress video (x_t | x_0)")
+        with tab.results_column("Downloads (PNGs at true size and enlarged, strip, mp4)", "Progress video (x_t | x_0)"):
+            tab.denoise_previews()
+            tab.gallery()
+            tab.image_output("strip", "Trajectory (x_t above, x_0 below)", "strip")
 
     def conditional_widgets(p):
         """Unconditional presets ignore prompts and guidance: those widgets are greyed out, with a note."""

@@ -2,9 +2,11 @@
 
 A tab module (`ui/<engine>.py`) lays out its widgets and registers them by name,
 
-    tab = Tab(ENGINES["diffusion"], registry, runs, prefix="dif", outputs=("x_t", "x0", "status", ...))
-    tab.input("steps", gr.Number(...))           # named as the request's field
-    tab.output("x_t", gr.Image(...))
+    with Tab(ENGINES["diffusion"], registry, runs, prefix="dif", outputs=("x_t", "x0", "status", ...)) as tab:
+        with tab.settings_column():                  # the preset first, "load settings" last
+            tab.input("steps", gr.Number(...))       # named as the request's field
+        with tab.results_column("Downloads"):        # the status first, video, files, settings last
+            tab.output("x_t", gr.Image(...))
 
 then says how previews and results map to its widgets (`show`, `finish`) and calls
 `tab.wire(...)`. Everything else is here, the same for every engine:
@@ -23,6 +25,7 @@ then the video fps and the browser id; the outputs in the `outputs` order.
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Mapping
 
 import gradio as gr
@@ -90,6 +93,60 @@ class Tab:
     def output(self, name: str, widget):
         self.outputs[name] = widget
         return widget
+
+    # --- the layout every tab shares: `with tab:` is its row, settings on the left, results on the right ---
+    def __enter__(self):
+        self._row = gr.Row()
+        self._row.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._row.__exit__(*exc)
+
+    @contextmanager
+    def settings_column(self):
+        """The left column: the preset first, "load settings from an image" last."""
+        with gr.Column(scale=5):
+            self.preset_dropdown()
+            yield
+            self.load_box()
+
+    @contextmanager
+    def results_column(self, files_label: str, video_label: str = "Progress video"):
+        """The right column: the status line first; the video, downloads and settings last."""
+        with gr.Column(scale=4):
+            self.output("status", gr.Markdown("Ready.", elem_id=f"{self.prefix}_status"))
+            yield
+            self.result_widgets(files_label, video_label)
+
+    def prompt_box(self, value: str, **kw):
+        return self.input("prompt", gr.Textbox(label="Prompt", value=value, lines=2, elem_id=f"{self.prefix}_prompt",
+                                               **kw))
+
+    def examples(self, examples: list) -> None:
+        gr.Examples(examples, inputs=[self.inputs["prompt"]], label="Examples (shapes preset)", cache_examples=False)
+
+    def buttons(self, label: str = "Generate"):
+        """Run and Stop, side by side."""
+        with gr.Row():
+            return (gr.Button(label, variant="primary", elem_id=f"{self.prefix}_run"),
+                    gr.Button("Stop", variant="stop", elem_id=f"{self.prefix}_stop"))
+
+    def image_output(self, name: str, label: str, elem: str):
+        """A picture shown crisp at least 256 px wide (small built-in pictures are enlarged nearest-neighbour)."""
+        return self.output(name, gr.Image(label=label, type="pil", format="png", interactive=False,
+                                          elem_id=f"{self.prefix}_{elem}", elem_classes="pixelated"))
+
+    def denoise_previews(self, prefix: str = "") -> None:
+        """A denoiser's two previews side by side: the noisy sample and the predicted clean picture."""
+        with gr.Row():
+            self.image_output("x_t", f"{prefix}x_t (noisy sample)", "xt")
+            self.image_output("x0", f"{prefix}x_0 predicted", "x0")
+
+    def gallery(self, label: str = "Result"):
+        return self.output("final", gr.Gallery(label=label, format="png", interactive=False,
+                                               elem_id=f"{self.prefix}_final", elem_classes="crisp", columns=4,
+                                               object_fit="contain"))
 
     def preset_dropdown(self):
         return self.input("preset", gr.Dropdown([(p.label, p.name) for p in self.presets],

@@ -56,17 +56,14 @@ def finish(req, ev, rec) -> dict:
 
 def build(registry, runs) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
-    tab = Tab(ENGINES["unclip"], registry, runs, prefix="unc", outputs=OUTPUTS)
-    d, inp, out = tab.defaults, tab.input, tab.output
     samplers = list(SAMPLERS)
-
-    with gr.Row():
-        with gr.Column(scale=5):
-            tab.preset_dropdown()
+    with Tab(ENGINES["unclip"], registry, runs, prefix="unc", outputs=OUTPUTS) as tab:
+        d, inp = tab.defaults, tab.input
+        with tab.settings_column():
             with gr.Tabs():
                 with gr.Tab("Text to image", id="unc_text"):
-                    prompt = inp("prompt", gr.Textbox(label="Prompt", value=EXAMPLE, lines=2, elem_id="unc_prompt"))
-                    gr.Examples(EXAMPLES, inputs=[prompt], label="Examples (shapes preset)", cache_examples=False)
+                    tab.prompt_box(EXAMPLE)
+                    tab.examples(EXAMPLES)
                     with gr.Row():
                         inp("candidates", gr.Number(label=f"Prior samples (1-{MAX_CANDIDATES}; the closest to "
                                                     "the text by CLIP is kept)", value=d["candidates"], precision=0,
@@ -116,21 +113,12 @@ def build(registry, runs) -> None:
                     inp("preview_every", gr.Number(label="Preview every N steps (0 = none)", value=d["preview_every"],
                                                    precision=0, elem_id="unc_preview_every"))
                     tab.fps_slider(30)
-            tab.load_box()
-        with gr.Column(scale=4):
-            out("status", gr.Markdown("Ready.", elem_id="unc_status"))
-            out("prior", gr.Markdown("", elem_id="unc_prior"))
-            with gr.Row():
-                out("x_t", gr.Image(label="Decoder x_t (noisy sample)", type="pil", format="png", interactive=False,
-                                    elem_id="unc_xt", elem_classes="pixelated"))
-                out("x0", gr.Image(label="Decoder x_0 predicted", type="pil", format="png", interactive=False,
-                                   elem_id="unc_x0", elem_classes="pixelated"))
-            out("final", gr.Gallery(label="Result", format="png", interactive=False, elem_id="unc_final",
-                                    elem_classes="crisp", columns=4, object_fit="contain"))
-            out("strip", gr.Image(label="Strip (decoder trajectory, or the interpolation)", type="pil", format="png",
-                                  interactive=False, elem_id="unc_strip", elem_classes="pixelated"))
-            tab.result_widgets("Downloads (PNGs at true size and enlarged, strip, mp4)",
-                               "Video (x_t | x_0, or the interpolation)")
+        with tab.results_column("Downloads (PNGs at true size and enlarged, strip, mp4)",
+                                "Video (x_t | x_0, or the interpolation)"):
+            tab.output("prior", gr.Markdown("", elem_id="unc_prior"))
+            tab.denoise_previews("Decoder ")
+            tab.gallery()
+            tab.image_output("strip", "Strip (decoder trajectory, or the interpolation)", "strip")
 
     def text(v):
         return tab.request(v, mode="text", prompt=v["prompt"] or "")
@@ -139,7 +127,8 @@ def build(registry, runs) -> None:
         return tab.request(v, mode="variations", image=upload(v["vary_image"], "picture to vary"), batch=v["vary_n"])
 
     def interpolation(v):
-        return tab.request(v, mode="interpolate", prompt=v["prompt_a"] or "", image=upload(v["image_a"], "first picture"),
+        return tab.request(v, mode="interpolate", prompt=v["prompt_a"] or "",
+                           image=upload(v["image_a"], "first picture"),
                            prompt_b=v["prompt_b"] or "", image_b=upload(v["image_b"], "second picture"))
 
     gen_event = tab.run_button(run_btn, "unclip", RUN_FIELDS, text, show, finish)

@@ -53,16 +53,12 @@ def finish(req, ev, rec) -> dict:
 
 def build(registry, runs) -> None:
     """Create the tab's widgets and wire them; call inside `gr.Blocks` / `gr.Tab`."""
-    tab = Tab(ENGINES["vqgan_clip"], registry, runs, prefix="vqc", outputs=OUTPUTS, unit="Iteration")
-    d, inp, out = tab.defaults, tab.input, tab.output
-
-    with gr.Row():
-        with gr.Column(scale=5):
-            tab.preset_dropdown()
-            prompt = inp("prompt", gr.Textbox(label="Prompt", value=EXAMPLE, lines=2, elem_id="vqc_prompt",
-                                info="text:weight:stop, '|' between prompts, negative weights push away, "
-                                     "'^' starts the next story phase"))
-            gr.Examples(EXAMPLES, inputs=[prompt], label="Examples (shapes preset)", cache_examples=False)
+    with Tab(ENGINES["vqgan_clip"], registry, runs, prefix="vqc", outputs=OUTPUTS, unit="Iteration") as tab:
+        d, inp = tab.defaults, tab.input
+        with tab.settings_column():
+            tab.prompt_box(EXAMPLE, info="text:weight:stop, '|' between prompts, negative weights push away, "
+                                         "'^' starts the next story phase")
+            tab.examples(EXAMPLES)
             with gr.Row():
                 inp("seed", gr.Number(label="Seed", value=0, precision=0, elem_id="vqc_seed"))
                 inp("width", gr.Number(label="Width", value=d["width"], precision=0, elem_id="vqc_width"))
@@ -73,9 +69,7 @@ def build(registry, runs) -> None:
                 inp("preview_every", gr.Number(label="Preview every N iterations", value=d["preview_every"],
                                                precision=0, elem_id="vqc_preview_every"))
                 tab.fps_slider()
-            with gr.Row():
-                run_btn = gr.Button("Generate", variant="primary", elem_id="vqc_run")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="vqc_stop")
+            run_btn, stop_btn = tab.buttons()
             with gr.Accordion("Image prompts and init image", open=False):
                 inp("targets", gr.File(label="Target images", file_count="multiple", file_types=["image"],
                                        elem_id="vqc_targets"))
@@ -84,7 +78,7 @@ def build(registry, runs) -> None:
                     # a File, not an Image: every upload is decoded by media.load_image, with its size limits
                     inp("init_image", gr.File(label="Init image", file_types=["image"], elem_id="vqc_init"))
                     inp("init_weight", gr.Number(label="Init weight", value=d["init_weight"],
-                                                elem_id="vqc_init_weight"))
+                                                 elem_id="vqc_init_weight"))
                 with gr.Row():
                     inp("noise_seeds", gr.Textbox(label="Noise prompt seeds", placeholder="1, 2"))
                     inp("noise_weights", gr.Textbox(label="Noise prompt weights", placeholder="0.5, 0.5"))
@@ -101,20 +95,14 @@ def build(registry, runs) -> None:
                 inp("augments", gr.CheckboxGroup(list(AUGMENT_CODES), value=list(d["augments"]),
                                                  label="Augmentations"))
                 inp("precision", gr.Dropdown(list(PRECISIONS), value=d["precision"], label="Precision",
-                                        elem_id="vqc_precision",
-                                        info="auto: bfloat16 for the decoder and CLIP passes where this CPU does "
-                                             "bfloat16 in hardware and a pass holds 64x64 pixels or more (CLIP's on "
-                                             "4 or more 32 px cutouts); float32 to "
-                                             "reproduce a picture exactly on any machine"))
-            tab.load_box()
-        with gr.Column(scale=4):
-            out("status", gr.Markdown("Ready.", elem_id="vqc_status"))
-            out("preview", gr.Image(label="Preview", type="pil", format="png", interactive=False,
-                                    elem_id="vqc_preview", elem_classes="pixelated"))
-            out("final", gr.Image(label="Result", type="pil", format="png", interactive=False,
-                                  elem_id="vqc_final", elem_classes="pixelated"))
-            tab.result_widgets("Downloads (PNG at true size, enlarged PNG, mp4)")
-
+                                             elem_id="vqc_precision",
+                                             info="auto: bfloat16 for the decoder and CLIP passes where this CPU does "
+                                                  "bfloat16 in hardware and a pass holds 64x64 pixels or more (CLIP's "
+                                                  "on 4 or more 32 px cutouts); float32 to reproduce a picture "
+                                                  "exactly on any machine"))
+        with tab.results_column("Downloads (PNG at true size, enlarged PNG, mp4)"):
+            tab.image_output("preview", "Preview", "preview")
+            tab.image_output("final", "Result", "final")
 
     def request(v: dict):
         """Widgets -> request; every bad value raises ValueError with a user-facing message."""
