@@ -31,6 +31,7 @@ from pipelines import __version__, media
 from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
+from pipelines.validation import MAX_GUIDANCE
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 ENGINE = "dalle"
 MAX_CANDIDATES = 64
 MAX_TEMPERATURE = 100.0
-MAX_GUIDANCE = 50.0
 UNKNOWN_GREY = 0.5          # the colour of positions not written yet (no palette colour is grey)
 
 

@@ -33,19 +33,16 @@ import torch
 from PIL import Image
 
 from pipelines import __version__, media
-from pipelines.diffusion_sampling import ETA_SAMPLERS, SAMPLERS, denoise, make_scheduler
+from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised
 from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
+from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
 
 ENGINE = "diffusion"
-MAX_STEPS = 1000          # the training schedule has 1000 timesteps
-MAX_BATCH = 16
-MAX_GUIDANCE = 50.0
-MAX_ASPECT = 4.0          # init images wider or taller than this are refused, not squashed
 
 
 @dataclass(frozen=True)
@@ -73,11 +70,7 @@ def validate(req: DiffusionRequest) -> DiffusionRequest:
         raise ValueError(f"Unknown sampler {req.sampler!r}: choose one of {', '.join(SAMPLERS)}.")
     if not isinstance(req.prompt, str) or not isinstance(req.negative_prompt, str):
         raise ValueError("Prompt and negative prompt must be text.")
-    if req.init_image is not None:
-        w, h = req.init_image.size
-        if max(w, h) / min(w, h) > MAX_ASPECT:
-            raise ValueError(f"The init image is {w}x{h}; its sides may differ by at most {MAX_ASPECT:g}x "
-                             "(crop it closer to a square).")
+    squarish(req.init_image, "init image")
     return req.replace(
         steps=_number("Steps", req.steps, 1, MAX_STEPS, integer=True),
         guidance=_number("Guidance scale", req.guidance, 0, MAX_GUIDANCE),
@@ -146,11 +139,7 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
     # 1. the schedule, and where image to image enters it
     scheduler = make_scheduler(req.sampler, model.scheduler_config)
     scheduler.set_timesteps(req.steps, device=device)
-    start = 0
-    if req.init_image is not None:
-        start = req.steps - min(req.steps, int(round(req.steps * req.strength)))
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)
+    start = img2img_start(scheduler, req.steps, req.strength) if req.init_image is not None else 0
     total = req.steps - start
 
     # 2. the starting sample: noise, or the init image noised to the first timestep used
@@ -160,7 +149,7 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         x_init = media.to_tensor(media.square(req.init_image.convert("RGB"), side))
         with torch.no_grad():
             z0 = _encode(model, vqgan, x_init.to(device, dtype)).repeat(B, 1, 1, 1)
-        x = scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(B)) if total else z0
+        x = noised(scheduler, z0, noise, start)
     else:
         x = noise * scheduler.init_noise_sigma
 

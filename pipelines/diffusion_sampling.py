@@ -96,3 +96,19 @@ def _ddim():
     from diffusers import DDIMScheduler
 
     return DDIMScheduler
+
+
+def img2img_start(scheduler, steps: int, strength: float) -> int:
+    """Where image to image enters a schedule of `steps`: it runs the last `strength` share of it
+    (diffusers' img2img convention); tells the scheduler, where it keeps a step index."""
+    start = steps - min(steps, int(round(steps * strength)))
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return start
+
+
+def noised(scheduler, z0: torch.Tensor, noise: torch.Tensor, start: int) -> torch.Tensor:
+    """z0 (B, ...) noised to the schedule's timestep `start`; z0 itself when no step is left to run."""
+    if start >= scheduler.num_inference_steps:
+        return z0
+    return scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(len(z0)))

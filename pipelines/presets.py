@@ -9,7 +9,7 @@ weights come from, with exactly one source:
     {"kind": "vqgan", "url": {"ckpt": "https://...", "config": "https://..."}}
 
 `ComponentSpec.key` identifies the weights, so two presets naming the same weights share one
-loaded instance in the registry (`pipelines/registry.py`).
+loaded instance in the registry (`pipelines/registry/`).
 """
 from __future__ import annotations
 

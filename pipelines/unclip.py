@@ -42,23 +42,20 @@ from PIL import Image
 import shapes
 from pipelines import __version__, media
 from pipelines.diffusion import side_by_side, trajectory_strip
-from pipelines.diffusion_sampling import SAMPLERS, denoise, make_scheduler
+from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised
 from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.models import unclip as unclip_models
 from pipelines.presets import load_preset
+from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
 
 ENGINE = "unclip"
 MODES = ("text", "variations", "interpolate")
-MAX_STEPS = 1000
-MAX_BATCH = 16
 MAX_CANDIDATES = 16
-MAX_GUIDANCE = 50.0
 MAX_FRAMES = 64           # interpolation frames are painted in one batch
-MAX_ASPECT = 4.0
 PREVIEW_COLUMNS = 8       # previews of a bigger batch show this many, evenly spaced
 
 
@@ -88,15 +85,6 @@ class UnCLIPRequest:
         return dataclasses.replace(self, **kw)
 
 
-def _check_image(img: Image.Image | None, name: str) -> None:
-    if img is None:
-        return
-    w, h = img.size
-    if max(w, h) / min(w, h) > MAX_ASPECT:
-        raise ValueError(f"The {name} is {w}x{h}; its sides may differ by at most {MAX_ASPECT:g}x "
-                         "(crop it closer to a square).")
-
-
 def _end(req: UnCLIPRequest, which: str) -> tuple[str, str | Image.Image]:
     """An interpolation end as ('image', picture) or ('text', prompt)."""
     image, prompt = (req.image, req.prompt) if which == "a" else (req.image_b, req.prompt_b)
@@ -112,8 +100,8 @@ def validate(req: UnCLIPRequest) -> UnCLIPRequest:
             raise ValueError(f"Unknown {name.lower()} {value!r}: choose one of {', '.join(SAMPLERS)}.")
     if not isinstance(req.prompt, str) or not isinstance(req.prompt_b, str):
         raise ValueError("Prompts must be text.")
-    _check_image(req.image, "image")
-    _check_image(req.image_b, "second image")
+    squarish(req.image, "image")
+    squarish(req.image_b, "second image")
     if req.mode == "variations" and req.image is None:
         raise ValueError("Variations need a picture: upload one.")
     if req.mode == "interpolate":
@@ -271,15 +259,10 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
     B = len(emb)
     with torch.no_grad():
         cond, null = parts.decoder_cond(emb.to(device), prompts), parts.decoder_null(B)
-    start = 0
-    if source is not None:
-        start = req.steps - min(req.steps, int(round(req.steps * req.strength)))
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)
+    start = img2img_start(scheduler, req.steps, req.strength) if source is not None else 0
     total = req.steps - start
     if start:
-        z0 = source.to(device, dtype).expand(B, *source.shape[1:])
-        x = scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(B)) if total else z0
+        x = noised(scheduler, source.to(device, dtype).expand(B, *source.shape[1:]), noise, start)
     else:
         x = noise * scheduler.init_noise_sigma
     x0, done = x, 0

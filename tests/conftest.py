@@ -29,6 +29,14 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
+def registry():
+    """A CPU registry of the module's own (a test file may define one of its own instead)."""
+    from pipelines.registry import Registry
+
+    return Registry(device="cpu")
+
+
+@pytest.fixture(scope="module")
 def served_app():
     """The real app (app.py's `demo`, launched with app.py's own settings) on a free local port."""
     import app

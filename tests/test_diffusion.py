@@ -20,11 +20,6 @@ WEIGHTS = PRESETS_DIR / "weights" / "shapes-diffusion"
 
 
 @pytest.fixture(scope="module")
-def registry():
-    return Registry(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def parts(registry):
     """The built-in model, VQGAN and CLIP, loaded once through the registry."""
     p = engine.load_preset("shapes")

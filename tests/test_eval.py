@@ -13,7 +13,6 @@ from lab.eval.engines import ENGINES, engine
 from lab.eval.groundtruth import degrade, judge_accuracy, mutate
 from lab.eval.judge import AREA_FRACTION, SMALL_LARGE, analyse, check, judge, template
 from lab.eval.run import evaluate, write_report
-from pipelines.registry import Registry
 
 
 # --- the judge on ground truth: the targets --------------------------------------
@@ -178,11 +177,6 @@ def test_r_precision_and_diversity():
 
 
 # --- the harness end to end -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def registry():
-    return Registry(device="cpu")
-
-
 def test_reference_renders_score_perfectly_and_blanks_score_nothing(registry, tmp_path):
     ev = evaluate("reference", "shapes", registry, per_category=4, samples=2)
     r = ev.results

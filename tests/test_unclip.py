@@ -21,11 +21,6 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def registry():
-    return Registry(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def tiny(registry):
     """Tiny random prior and decoder over the built-in VQGAN and CLIP (fast, untrained)."""
     preset = engine.load_preset("shapes")
@@ -33,7 +28,7 @@ def tiny(registry):
     torch.manual_seed(0)
     prior = um.DiffusionPrior(um.PriorConfig(n_layer=1, n_embd=32, n_head=2)).eval()
     decoder = um.UnCLIPDecoder(um.DecoderConfig(block_out_channels=(32, 32), n_head=2)).eval()
-    return engine.UnCLIPParts(prior, decoder, vqgan, clip)
+    return um.UnCLIPParts(prior, decoder, vqgan, clip)
 
 
 def _req(**kw):
@@ -394,7 +389,7 @@ def test_a_text_reading_decoder_starts_from_the_diffusion_unet_and_reads_both_in
         torch.nn.init.normal_(dec.to_tokens.weight, std=0.1)
         assert not torch.allclose(dec(z, t, cond), dec(z, t, um.decoder_cond(dec, clip, -e, captions)))
     # the engine hands it the prompt in text mode and the empty caption otherwise
-    parts = engine.UnCLIPParts(tiny.prior, dec, tiny.vqgan, clip)
+    parts = um.UnCLIPParts(tiny.prior, dec, tiny.vqgan, clip)
     assert torch.allclose(parts.decoder_cond(e, None)[:, 128:], parts.decoder_null(2)[:, 128:])
     assert not torch.allclose(parts.decoder_cond(e, captions)[:, 128:], parts.decoder_null(2)[:, 128:])
     events = list(engine.sample(_req(batch=2), parts, CPU))
@@ -432,7 +427,7 @@ def test_embeddings_and_the_decoders_text_can_come_from_two_clips(tiny, tiny_tex
     assert torch.equal(parts.decoder_null(2)[:, 128:], text_states(dec, text_clip, ["", ""]).flatten(1))
     # the prior's conditioning, ranking and variations stay in the embedding CLIP's space
     assert torch.equal(parts.prompt_cond(captions), um.encode_prompt(tiny.clip, captions, tiny.prior.config.text_len))
-    assert torch.equal(parts.image_embedding([_circle()]), engine.UnCLIPParts(tiny.prior, dec, tiny.vqgan,
+    assert torch.equal(parts.image_embedding([_circle()]), um.UnCLIPParts(tiny.prior, dec, tiny.vqgan,
                                                                               tiny.clip).image_embedding([_circle()]))
     assert parts.pool_key is tiny.clip
     # the preset's roles: unclip_clip is taken where a preset names one

@@ -8,14 +8,8 @@ from PIL import Image
 from pipelines import media
 from pipelines import vqgan_clip as E
 from pipelines.events import Final, Step, generate
-from pipelines.registry import Registry
 
 FAST = dict(iterations=6, cutn=4, preview_every=2)
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return Registry(device="cpu")
 
 
 def req(**kw):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines import media
-from pipelines.diffusion import ETA_SAMPLERS, MAX_BATCH, MAX_STEPS, SAMPLERS
+from pipelines.diffusion import MAX_BATCH, MAX_STEPS
+from pipelines.diffusion_sampling import ETA_SAMPLERS, SAMPLERS
 from pipelines.engines import ENGINES
 from ui.tab import Tab
 

@@ -4,7 +4,7 @@ Examples:
   python -m lab.eval tokenizer --preset shapes --per-category 100 --samples 4
   python -m lab.eval vqgan_clip --preset shapes --set iterations=100
   python -m lab.eval judge --n 1000
-  python -m lab.eval table          # the README's table, from reports/eval/*/results.json
+  python -m lab.eval table          # the numbers table (README, docs/model-history.md), from reports/eval/*/results.json
 """
 from __future__ import annotations
 

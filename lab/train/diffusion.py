@@ -114,6 +114,34 @@ def ema_update(ema, model, decay: float) -> None:
             e.lerp_(p, 1 - decay)
 
 
+def start_denoiser(args, accelerator, run_dir, model):
+    """AdamW, an EMA copy, and the run's start (resumed from its checkpoint with its EMA where there is one):
+    returns (model, opt, raw model, ema, first step, metrics log), as every denoiser trainer begins."""
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
+    if "ema" in extra:
+        ema.load_state_dict(extra["ema"])
+    return model, opt, raw, ema, start, metrics
+
+
+def optimise_step(accelerator, model, raw, ema, opt, per_sample: torch.Tensor, weight: torch.Tensor, step: int,
+                  args, metrics, run_dir) -> None:
+    """The end of every denoiser's training step (this one's and the unCLIP pair's): the weighted mean of
+    the per-sample losses, backward, clipped step, EMA; the log line and checkpoint when due."""
+    loss = (per_sample * weight).mean()
+    opt.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, raw, args.ema if step >= args.ema_start else 0.0)
+    if (step + 1) % args.log_every == 0:
+        metrics.write(step + 1, loss=loss.item(), mse=per_sample.mean().item(), grad_norm=float(grad_norm),
+                      lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
+    if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+        common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
+
+
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "diffusion")
     vqgan = load_vqgan(args.vqgan).eval().requires_grad_(False)
@@ -143,11 +171,7 @@ def train(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("UNet with %d parameters; latent mean %s std %s", n_params,
              np.round(cfg.latent_mean, 2).tolist(), np.round(cfg.latent_std, 2).tolist())
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
-    if "ema" in extra:
-        ema.load_state_dict(extra["ema"])
+    model, opt, raw, ema, start, metrics = start_denoiser(args, accelerator, run_dir, model)
     noise_sched = make_scheduler("DDPM", raw.scheduler_config)
     weight = min_snr_weight(noise_sched.alphas_cumprod, args.snr_gamma, cfg.prediction_type)
     device = accelerator.device
@@ -172,17 +196,8 @@ def train(args) -> None:
         target = regression_target(noise_sched, z0, eps, t.to(device), cfg.prediction_type)
         pred = model(z_t, t.to(device), text_emb)
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * weight[t].to(device)).mean()
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, raw, args.ema if step >= args.ema_start else 0.0)
-        if (step + 1) % args.log_every == 0:
-            metrics.write(step + 1, loss=loss.item(), mse=per_sample.mean().item(), grad_norm=float(grad_norm),
-                          lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
+        optimise_step(accelerator, model, raw, ema, opt, per_sample, weight[t].to(device), step, args, metrics,
+                      run_dir)
         if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
             common.place("cpu", ema, vqgan, clip)

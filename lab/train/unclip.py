@@ -32,7 +32,6 @@ An exponential moving average of the weights is kept for both and exported.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import logging
@@ -53,7 +52,8 @@ from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig,
 from pipelines.models.unclip import from_pretrained as load_unclip
 from pipelines.models.vqgan import from_pretrained as load_vqgan
 from lab.train import common
-from lab.train.diffusion import SIZE, ema_update, latent_stats, min_snr_weight, regression_target, to_x
+from lab.train.diffusion import (SIZE, latent_stats, min_snr_weight, optimise_step, regression_target,
+                                 start_denoiser, to_x)
 
 log = logging.getLogger("atelier.train.unclip")
 
@@ -165,11 +165,7 @@ def train(args) -> None:
         model = new_model(args, clip, vqgan, text_clip)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("unCLIP %s with %d parameters", args.part, n_params)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    model, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, model, opt)
-    if "ema" in extra:
-        ema.load_state_dict(extra["ema"])
+    model, opt, raw, ema, start, metrics = start_denoiser(args, accelerator, run_dir, model)
     noise_sched = make_scheduler("DDPM", raw.scheduler_config)
     kind = raw.config.prediction_type if args.part == "decoder" else "sample"
     weight = min_snr_weight(noise_sched.alphas_cumprod, args.snr_gamma if args.part == "decoder" else 0, kind)
@@ -214,17 +210,8 @@ def train(args) -> None:
         pred = model(x_t, t.to(device), cond)
         target = x0 if args.part == "prior" else regression_target(noise_sched, x0, eps, t.to(device), kind)
         per_sample = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
-        loss = (per_sample * weight[t].to(device)).mean()
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, raw, args.ema if step >= args.ema_start else 0.0)
-        if (step + 1) % args.log_every == 0:
-            metrics.write(step + 1, loss=loss.item(), mse=per_sample.mean().item(), grad_norm=float(grad_norm),
-                          lr=opt.param_groups[0]["lr"], images=(step + 1) * args.batch)
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
-            common.save_checkpoint(run_dir, step + 1, raw, opt, {"ema": ema.state_dict()})
+        optimise_step(accelerator, model, raw, ema, opt, per_sample, weight[t].to(device), step, args, metrics,
+                      run_dir)
         if args.sample_every > 0 and ((step + 1) % args.sample_every == 0 or step + 1 == args.steps):
             ema.eval()
             common.place("cpu", ema, vqgan, clip, text_clip)

@@ -169,8 +169,8 @@ class DALLE(nn.Module):
         x = torch.cat([x, (codes + cfg.image_offset).repeat(x.shape[0] // B, 1)], dim=1)
         past = None
         while codes.shape[1] < cfg.image_len:
-            out = self.gpt.transformer(input_ids=x, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = self.gpt.transformer(input_ids=x, cache=past, use_cache=True)
+            past = out.cache
             logits = self.image_logits(out.last_hidden_state[:, -1]).float()   # (B or 2B, V_img)
             # 2. guidance, then temperature, then top-k and top-p filtering
             if guidance != 1.0:
