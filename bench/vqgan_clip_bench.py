@@ -58,7 +58,8 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
     import torch.nn.functional as F
 
     from pipelines.media import ffmpeg_exe
-    from pipelines.vqgan_clip_ops import PromptLoss, _augment_from_code, clamp_with_grad, replace_grad
+    from pipelines.vqgan_clip_cutouts import augment_from_code
+    from pipelines.vqgan_clip_ops import PromptLoss, clamp_with_grad, replace_grad
 
     def vector_quantize(x, codebook):  # §5.2a: distances, argmin, one-hot matmul, straight-through
         d = x.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * x @ codebook.T
@@ -83,7 +84,7 @@ def reference_loop(vqgan, clip, prompt: str, W: int, H: int, iters: int, cutn: i
     def pooled(x):
         return (F.adaptive_avg_pool2d(x, size) + F.adaptive_max_pool2d(x, size)) / 2
 
-    augment = torch.nn.Sequential(*[_augment_from_code(c, clip.image_size, "latest") for c in augments])  # kornia's
+    augment = torch.nn.Sequential(*[augment_from_code(c, clip.image_size, "latest") for c in augments])  # kornia's
     with torch.no_grad():
         prompts = [PromptLoss(clip.encode_text([prompt]).float(), 1.0, float("-inf"))]
     steps = out_dir / "steps"

@@ -47,8 +47,9 @@ from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.registry import PRECISIONS, autocast, compute_dtype
 from pipelines.validation import number as _number
-from pipelines.vqgan_clip_ops import (AUGMENT_CODES, CUT_METHODS, MakeCutouts, PromptLoss, clamp_with_grad,
-                                      codebook_bounds, init_z_from_tokens, random_init_tokens, vector_quantize)
+from pipelines.vqgan_clip_cutouts import AUGMENT_CODES, CUT_METHODS, MakeCutouts
+from pipelines.vqgan_clip_ops import (PromptLoss, clamp_with_grad, codebook_bounds, init_z_from_tokens,
+                                      random_init_tokens, vector_quantize)
 
 log = logging.getLogger(__name__)
 

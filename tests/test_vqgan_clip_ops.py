@@ -13,19 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipelines.vqgan_clip_cutouts import AUGMENT_CODES, CUT_METHODS, MakeCutouts, lanczos_kernel, ramp, resample
 from pipelines.vqgan_clip_ops import (
-    AUGMENT_CODES,
-    CUT_METHODS,
-    MakeCutouts,
     PromptLoss,
     clamp_with_grad,
     codebook_bounds,
     init_z_from_tokens,
-    lanczos_kernel,
-    ramp,
     random_init_tokens,
     replace_grad,
-    resample,
     spherical_dist,
     vector_quantize,
 )
@@ -318,7 +313,7 @@ def test_warp_matrices_are_kornias():
     """The affine and perspective matrices follow kornia's conventions exactly (its functions as the reference)."""
     from kornia.geometry.transform import get_affine_matrix2d, get_perspective_transform
 
-    from pipelines.vqgan_clip_ops import WarpAugment
+    from pipelines.vqgan_clip_cutouts import WarpAugment
 
     g = _gen(0)
     n, h, w = 6, 20, 28
@@ -338,7 +333,7 @@ def test_warp_is_the_sequential_kornia_warps_resampled_once():
     wherever no frame edge is involved; pixels of a code that looks outside its input are zero in both."""
     from kornia.geometry.transform import warp_perspective
 
-    from pipelines.vqgan_clip_ops import WarpAugment
+    from pipelines.vqgan_clip_cutouts import WarpAugment
 
     n, h, w = 32, 24, 24
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
@@ -366,7 +361,7 @@ def test_warp_is_the_sequential_kornia_warps_resampled_once():
 
 
 def test_warp_draws_kornias_distribution_and_keeps_the_rest_exact():
-    from pipelines.vqgan_clip_ops import WarpAugment
+    from pipelines.vqgan_clip_cutouts import WarpAugment
 
     n, h, w = 4000, 16, 16
     af, pe = WarpAugment(("Af",)).matrices(n, h, w, _gen(1))[0], WarpAugment(("Pe",)).matrices(n, h, w, _gen(2))[0]
@@ -388,7 +383,7 @@ def test_warp_draws_kornias_distribution_and_keeps_the_rest_exact():
 
 
 def test_cutouts_group_each_run_of_geometric_codes():
-    from pipelines.vqgan_clip_ops import WarpAugment
+    from pipelines.vqgan_clip_cutouts import WarpAugment
 
     mc = MakeCutouts(CUT, N, augments=("Af", "Pe", "Ji", "Pe", "Er"))
     kinds = [type(a).__name__ for a in mc.augs]

@@ -177,14 +177,15 @@ class Tab:
     def updates(self, make_request: Callable[[], Any], fps_value, should_stop, show: Callable, finish: Callable):
         """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py).
 
-        `show(ev)` maps a Step's previews to widgets; `finish(final, recording)` the result's
-        own widgets. Status, files, video and settings are filled here.
+        `show(req, step, first)` maps a Step's previews to widgets (`first` until the page got an
+        update of this run); `finish(req, final, recording)` fills the result's own widgets and the
+        status after "Done"/"Stopped". Files, video, strip and settings are filled here.
         """
         recorder = None
         try:
             req = make_request()
-            note = loading_note(self.registry, load_preset(req.preset),
-                                self.engine.components(load_preset(req.preset)))
+            preset = load_preset(req.preset)
+            note = loading_note(self.registry, preset, self.engine.components(preset))
             if note:
                 yield self._tuple({"status": note})
             events = self.events(req, self.registry, should_stop)

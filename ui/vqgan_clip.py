@@ -8,7 +8,7 @@ from pipelines import prompts as P
 from pipelines.engines import ENGINES
 from pipelines.registry import PRECISIONS
 from pipelines.vqgan_clip import OPTIMISERS, ImagePrompt
-from pipelines.vqgan_clip_ops import AUGMENT_CODES, CUT_METHODS
+from pipelines.vqgan_clip_cutouts import AUGMENT_CODES, CUT_METHODS
 from ui.tab import Tab, file_path
 
 EXAMPLE = "a red circle:1 | on a blue background:0.5"
