@@ -70,7 +70,7 @@ def run_case(case: str, repeats: int, threads: int, weights: Path) -> dict:
         from pipelines import dalle
         from pipelines.events import generate
         from pipelines.models.clip import load_clip
-        from pipelines.models.vqgan import from_pretrained as load_vqgan
+        from pipelines.models.vqgan_files import from_pretrained as load_vqgan
 
         vqgan = load_vqgan(ROOT / "presets/weights/shapes-vqgan").to(device)
         clip = load_clip(ROOT / "presets/weights/shapes-clip").to(device)

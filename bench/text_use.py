@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     from pipelines.diffusion_sampling import make_scheduler
     from pipelines.models.clip import load_clip
     from pipelines.models.diffusion import from_pretrained, text_states
-    from pipelines.models.vqgan import from_pretrained as load_vqgan
+    from pipelines.models.vqgan_files import from_pretrained as load_vqgan
     from lab.train.clip import swap_colours, swap_shape
     from lab.train.diffusion import regression_target, to_x
 

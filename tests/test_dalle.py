@@ -14,7 +14,7 @@ from pipelines import media
 from pipelines.events import Final, Step, generate
 from pipelines.models.clip import load_clip
 from pipelines.models.dalle import DALLE, DalleConfig, TextTokenizer, filter_logits, from_pretrained, save_pretrained
-from pipelines.models.vqgan import from_pretrained as load_vqgan
+from pipelines.models.vqgan_files import from_pretrained as load_vqgan
 from pipelines.presets import PRESETS_DIR
 
 WEIGHTS = PRESETS_DIR / "weights"

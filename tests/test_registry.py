@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from pipelines import zerogpu
-from pipelines.models import vqgan
+from pipelines.models import vqgan, vqgan_files
 from pipelines.presets import (PRESETS_DIR, ComponentSpec, PresetError, is_offline_capable, list_presets,
                                load_preset, url_filename)
 from pipelines.registry import ModelUnavailable, Registry, pick_device, weights_id
@@ -66,7 +66,7 @@ def weights(tmp_path):
     (wd / "tiny-taming").mkdir(parents=True)
     for name in ("last.ckpt", "model.yaml"):
         shutil.copy(TAMING / name, wd / "tiny-taming" / name)
-    vqgan.save_pretrained(vqgan.load_taming(TAMING / "last.ckpt", TAMING / "model.yaml"), wd / "tiny-atelier")
+    vqgan_files.save_pretrained(vqgan_files.load_taming(TAMING / "last.ckpt", TAMING / "model.yaml"), wd / "tiny-atelier")
     return wd
 
 
@@ -207,7 +207,7 @@ def test_builtin_vqgan_loads_from_taming_and_atelier_folders(weights, folder):
     assert reg.status() == []
     model = reg.get(ComponentSpec("vqgan", "builtin", folder))
     assert isinstance(model, vqgan.VQGAN) and model.config.n_embed == 64 and not model.training
-    ref = vqgan.load_taming(TAMING / "last.ckpt", TAMING / "model.yaml").state_dict()
+    ref = vqgan_files.load_taming(TAMING / "last.ckpt", TAMING / "model.yaml").state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in model.state_dict().items())
     (row,) = reg.status()
     main = weights / folder / ("last.ckpt" if folder == "tiny-taming" else "model.safetensors")

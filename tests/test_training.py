@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipelines.models.clip import load_clip
-from pipelines.models.vqgan import from_pretrained
+from pipelines.models.vqgan_files import from_pretrained
 from shapes import SHAPES
 from lab.train import clip as train_clip
 from lab.train import vqgan as train_vqgan

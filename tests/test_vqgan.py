@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipelines.models import vqgan as V
+from pipelines.models import vqgan_files as VF
 from tests.conftest import FIXTURES
 
 TINY = FIXTURES / "taming_vqgan_tiny"
@@ -20,20 +21,20 @@ def golden():
 
 @pytest.fixture(scope="module")
 def model():
-    return V.load_taming(TINY / "last.ckpt", TINY / "model.yaml")
+    return VF.load_taming(TINY / "last.ckpt", TINY / "model.yaml")
 
 
 def test_config_from_yaml():
-    cfg = V.config_from_taming_yaml(TINY / "model.yaml")
+    cfg = VF.config_from_taming_yaml(TINY / "model.yaml")
     assert (cfg.embed_dim, cfg.n_embed, cfg.ch, cfg.ch_mult, cfg.attn_resolutions) == (8, 64, 32, (2, 1), (16,))
     assert cfg.factor == 2
 
 
 def test_loss_keys_dropped_and_model_keys_strict():
-    sd = V.load_checkpoint_state_dict(TINY / "last.ckpt")
+    sd = VF.load_checkpoint_state_dict(TINY / "last.ckpt")
     assert len(sd) == 157 and not any(k.startswith("loss.") for k in sd)
     # strict loading: every key of the module is in the file and vice versa
-    assert set(sd) == set(V.VQGAN(V.config_from_taming_yaml(TINY / "model.yaml")).state_dict())
+    assert set(sd) == set(V.VQGAN(VF.config_from_taming_yaml(TINY / "model.yaml")).state_dict())
 
 
 def test_golden_encode_decode(model, golden):
@@ -64,8 +65,8 @@ def test_golden_decode_from_indices(model, golden):
 
 
 def test_lightning_checkpoint_loads_with_weights_only():
-    sd = V.load_checkpoint_state_dict(TINY / "lightning_callbacks_fixture.ckpt")
-    ref = V.load_checkpoint_state_dict(TINY / "last.ckpt")
+    sd = VF.load_checkpoint_state_dict(TINY / "lightning_callbacks_fixture.ckpt")
+    ref = VF.load_checkpoint_state_dict(TINY / "last.ckpt")
     assert set(sd) == {"quantize.embedding.weight", "quant_conv.weight", "quant_conv.bias",
                        "post_quant_conv.weight", "post_quant_conv.bias"}
     for k, v in sd.items():
@@ -81,25 +82,25 @@ def test_arbitrary_pickle_refused(tmp_path):
     p = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "payload": _Evil()}, p)
     with pytest.raises(ValueError, match="could not be loaded safely"):
-        V.load_checkpoint_state_dict(p)
+        VF.load_checkpoint_state_dict(p)
 
 
 def test_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes((TINY / "last.ckpt").read_bytes()[:5000])
     with pytest.raises(ValueError, match="bad.ckpt"):
-        V.load_checkpoint_state_dict(bad)
+        VF.load_checkpoint_state_dict(bad)
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
-        V.load_checkpoint_state_dict(tmp_path / "nope.ckpt")
+        VF.load_checkpoint_state_dict(tmp_path / "nope.ckpt")
 
 
 def test_safetensors_and_own_format_roundtrip(model, golden, tmp_path):
     # a taming state_dict stored as safetensors (with loss keys) loads the same
     sd = torch.load(TINY / "last.ckpt", weights_only=True)["state_dict"]
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "w.safetensors"))
-    m2 = V.load_taming(tmp_path / "w.safetensors", TINY / "model.yaml")
-    V.save_pretrained(m2, tmp_path / "own")
-    m3 = V.from_pretrained(tmp_path / "own")
+    m2 = VF.load_taming(tmp_path / "w.safetensors", TINY / "model.yaml")
+    VF.save_pretrained(m2, tmp_path / "own")
+    m3 = VF.from_pretrained(tmp_path / "own")
     with torch.no_grad():
         torch.testing.assert_close(m3.decode(m3.encode(golden["x"])[0]), golden["dec"], atol=ATOL, rtol=0)
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import shapes
 from pipelines.models.clip import CLIP, load_clip, save_clip
-from pipelines.models.vqgan import from_pretrained
+from pipelines.models.vqgan_files import from_pretrained
 from pipelines.vqgan_clip_cutouts import MakeCutouts
 from lab.train import common
 

@@ -30,7 +30,7 @@ import torch
 
 import shapes
 from pipelines.models.dalle import DALLE, DalleConfig, from_pretrained, save_pretrained
-from pipelines.models.vqgan import from_pretrained as load_vqgan
+from pipelines.models.vqgan_files import from_pretrained as load_vqgan
 from lab.train import common
 from lab.train.clip import train_tokenizer
 from lab.train.vqgan import to_tensor, to_u8

@@ -35,7 +35,7 @@ from pipelines.diffusion_sampling import denoise, make_scheduler
 from pipelines.models.clip import load_clip
 from pipelines.models.diffusion import (DiffusionConfig, LatentDiffusion, text_states, fit_preview_rgb,
                                        from_pretrained, parse_text_inputs, save_pretrained, with_text_inputs)
-from pipelines.models.vqgan import from_pretrained as load_vqgan
+from pipelines.models.vqgan_files import from_pretrained as load_vqgan
 from lab.train import common
 
 log = logging.getLogger("atelier.train.diffusion")

@@ -50,7 +50,7 @@ from pipelines.models.unclip import (DecoderConfig, DiffusionPrior, PriorConfig,
                                      decoder_cond, image_embedding, pack_cond, sampling_denoiser,
                                      save_pretrained)
 from pipelines.models.unclip import from_pretrained as load_unclip
-from pipelines.models.vqgan import from_pretrained as load_vqgan
+from pipelines.models.vqgan_files import from_pretrained as load_vqgan
 from lab.train import common
 from lab.train.diffusion import (SIZE, latent_stats, min_snr_weight, optimise_step, regression_target,
                                  start_denoiser, to_x)

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 import shapes
-from pipelines.models.vqgan import VQGAN, VQGANConfig, count_parameters, from_pretrained, psnr, save_pretrained
+from pipelines.models.vqgan import VQGAN, VQGANConfig, count_parameters, psnr
+from pipelines.models.vqgan_files import from_pretrained, save_pretrained
 from lab.train import common
 
 log = logging.getLogger("atelier.train.vqgan")

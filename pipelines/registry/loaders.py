@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # for annotations only: cache imports this module at run time
 
 def load_vqgan_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
     """An Atelier or taming folder; a lone .ckpt with a .yaml beside it; or named ckpt + config files."""
-    from ..models import vqgan
+    from ..models import vqgan_files as vqgan
 
     where = registry.resolve(spec)
     named = registry.files(spec, where)
