@@ -38,10 +38,11 @@ def parser_for(engine: Engine) -> argparse.ArgumentParser:
         flag, default = "--" + f.name.replace("_", "-"), f.default
         lo_hi = engine.limits.get(f.name)
         note = f" ({lo_hi[0]:g} to {lo_hi[1]:g})" if lo_hi else ""
-        if f.name in engine.parse:
-            p.add_argument(flag, default=None, metavar="TEXT", help=f"default: {default!r}")
-        elif f.name in engine.image_fields:
-            p.add_argument(flag, default=None, metavar="IMAGE", help="a picture file")
+        if f.name in engine.parse or f.name in engine.image_fields:
+            how = (getattr(engine.parse.get(f.name), "__doc__", None) or "").split("\n")[0]
+            metavar = "IMAGE" if f.name in engine.image_fields and "|" not in how else "TEXT"
+            p.add_argument(flag, default=None, metavar=metavar,
+                           help=how or ("a picture file" if metavar == "IMAGE" else f"default: {default!r}"))
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"default: {default}")
         elif isinstance(default, (int, float, str)):
