@@ -13,10 +13,12 @@ comes from the built-in CLIP; the negative prompt takes the empty caption's plac
 guidance. Unconditional diffusers checkpoints (`google/ddpm-cifar10-32`) run in pixel
 space and ignore prompt, negative prompt and guidance.
 
-Every step yields a `Step`; every `preview_every` steps it carries `x_t` (the noisy
-sample) and `x0_pred` (the model's clean estimate), each a row of the batch. Stop keeps
-the last clean estimate. `trajectory_strip` and `side_by_side` turn the previews into the
-strip and the video frames that the tab and the command line show.
+Every step yields a `Step`; every `preview_every` steps (-1: as often as keeps previews under
+10 % of the run) it carries `x_t` (the sample after the step, decoded as it is: noise
+clearing) and `x0_pred` (the model's clean estimate, decoded as the result is), each a row
+of the batch. The last step, or the one a Stop ends on, always previews, and its `x0_pred`
+is the result. Stop keeps the last clean estimate. `trajectory_strip` and `side_by_side` turn
+the previews into the strip and the video frames that the tab and the command line show.
 
 Command line: `python -m pipelines diffusion "a red circle above a blue square" --video`.
 """
@@ -35,7 +37,7 @@ from PIL import Image
 from pipelines import __version__, media
 from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised
 from pipelines.engine import Engine
-from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
 from pipelines.validation import number as _number
@@ -58,7 +60,7 @@ class DiffusionRequest:
     batch: int = 1
     init_image: Image.Image | None = None
     strength: float = 0.75                # image to image: share of the schedule run from the noised init
-    preview_every: int = 5                # 0 = no previews (and no video frames)
+    preview_every: int = 5                # 0 = no previews (and no video frames); -1 (AUTO): under 10 % of the run
 
     def replace(self, **kw) -> "DiffusionRequest":
         return dataclasses.replace(self, **kw)
@@ -78,7 +80,7 @@ def validate(req: DiffusionRequest) -> DiffusionRequest:
         seed=_number("Seed", req.seed, 0, 2**63 - 1, integer=True),
         batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
         strength=_number("Strength", req.strength, 0, 1),
-        preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
+        preview_every=_number("Preview every", req.preview_every, AUTO, MAX_STEPS, integer=True))
 
 
 def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
@@ -111,15 +113,21 @@ def _decode(model, vqgan, z: torch.Tensor) -> torch.Tensor:
     return z.clamp(-1, 1)
 
 
-def _preview(model, vqgan, z: torch.Tensor, clean: bool = False) -> torch.Tensor:
-    """Images for the previews: the latent model's cheap colour map enlarged to the image size (a decoder
-    pass costs about two guided steps), else the full decode. Clean estimates (x0) are coloured by their
-    nearest VQGAN codes; noisy latents by the linear map, which shows the noise as noise."""
-    if model.latent:
-        rgb = model.preview_clean(z, vqgan) if clean else model.preview_rgb(z)
-        if rgb is not None:
-            return torch.nn.functional.interpolate(rgb, scale_factor=vqgan.factor, mode="nearest")
-    return _decode(model, vqgan, z)
+def _previews(model, vqgan, x_t: torch.Tensor, x0: torch.Tensor, last: bool, final: bool):
+    """The two previews as pictures: x0 through the same path as the result (quantized, then decoded),
+    x_t decoded as it is (unquantized), so its noise is seen clearing; one decoder pass for both.
+    The `last` preview decodes x0 exactly as the result is decoded (same call, same batch), and at the
+    `final` step there is no noise left: both are the result."""
+    if final:
+        out = _decode(model, vqgan, x_t)
+        return out, out
+    if not model.latent:
+        return x_t.clamp(-1, 1), x0.clamp(-1, 1)
+    if last:
+        return vqgan.decode(model.denormalize(x_t)).clamp(-1, 1), _decode(model, vqgan, x0)
+    z_q = vqgan.quantize(model.denormalize(x0))[0]
+    both = vqgan.decode(torch.cat([model.denormalize(x_t), z_q])).clamp(-1, 1)
+    return both[:len(x_t)], both[len(x_t):]
 
 
 def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopCheck = never_stop,
@@ -164,20 +172,31 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
 
     for note in notices:
         yield Step(ENGINE, "denoise", 0, total, notice=note)
+    # 4. the loop; a preview shows the sample after the step and the clean estimate, and the last one
+    #    (the end, or the step a Stop ends on) shows what the result will be
     x0_pred, done = x, 0
+    cadence = PreviewCadence(req.preview_every, total)
+
+    def step(s, previews: dict) -> Step:
+        return Step(ENGINE, "denoise", s.i + 1, total, t=float(s.t), previews=previews, metrics=cadence.metrics,
+                    elapsed_s=time.perf_counter() - t0)
+
+    def preview(s, last: bool = False) -> dict:
+        t_preview = time.perf_counter()
+        with torch.no_grad():
+            shown_t, shown_0 = _previews(model, vqgan, s.x_next, s.x0_pred, last=last, final=s.i + 1 == total)
+        cadence.took(s.i, time.perf_counter() - t_preview)
+        return {"x_t": media.row(shown_t), "x0_pred": media.row(shown_0)}
+
     for s in denoise(model, scheduler, x, text_emb, null_emb, req.guidance, gen, req.eta, start):
         x, x0_pred, done = s.x_next, s.x0_pred, s.i + 1
-        previews = {}
-        if req.preview_every and (s.i % req.preview_every == 0 or done == total):
-            with torch.no_grad():
-                previews = {"x_t": media.row(_preview(model, vqgan, s.x_t)),
-                            "x0_pred": media.row(_preview(model, vqgan, s.x0_pred, clean=True))}
-        yield Step(ENGINE, "denoise", done, total, t=float(s.t), previews=previews,
-                   elapsed_s=time.perf_counter() - t0)
+        yield step(s, preview(s) if cadence.due(s.i) else {})
         if should_stop():
+            if cadence.every and done < total:      # the picture Stop keeps, as the last preview
+                yield step(s, preview(s, last=True))
             break
 
-    # 4. the pictures: the finished sample, or on Stop the last clean estimate
+    # 5. the pictures: the finished sample, or on Stop the last clean estimate
     stopped = done < total
     with torch.no_grad():
         images = _decode(model, vqgan, x0_pred if stopped else x)
@@ -234,7 +253,7 @@ ENGINE_SPEC = Engine(
     name=ENGINE, label="Diffusion", request=DiffusionRequest, run=run,
     needs=(("diffusion",),), optional=("vqgan", "clip"),   # a latent text-to-image model needs both
     limits={"steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "eta": (0, 1), "batch": (1, MAX_BATCH),
-            "strength": (0, 1), "preview_every": (0, MAX_STEPS)},
+            "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS)},
     choices={"sampler": tuple(SAMPLERS)},
     image_fields=("init_image",),
     frame=_frame, strip=_strip,

@@ -10,6 +10,8 @@ Preview keys are fixed across engines: `x_t` and `x0_pred` (diffusion), `partial
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
@@ -57,3 +59,60 @@ def generate(events: Iterator[Event]) -> Final:
 
 def never_stop() -> bool:
     return False
+
+
+AUTO = -1                  # preview_every = AUTO: as often as keeps previews under PREVIEW_BUDGET of the run
+PREVIEW_BUDGET = 0.10
+
+
+class PreviewCadence:
+    """When a loop of `total` steps shows a preview: every `every` steps (0 = never), or, with
+    `every == AUTO`, as often as keeps the previews' cost under `budget` of the run: the first
+    step previews, and the previews' cost against the time per step so far picks the cadence
+    (again after each preview). The last step always previews, so the last preview is the
+    result; an engine stopped early adds a preview of what it keeps (while `every` is not 0).
+
+        cadence = PreviewCadence(req.preview_every, total)      # just before the loop
+        for i, ...:                                             # step i, from 0
+            if cadence.due(i):
+                t = time.perf_counter(); previews = ...; cadence.took(i, time.perf_counter() - t)
+    """
+
+    def __init__(self, every: int, total: int, budget: float = PREVIEW_BUDGET):
+        self.every, self.total, self.budget = int(every), int(total), budget
+        self.auto = self.every == AUTO
+        self.n = 1 if self.auto else self.every      # steps between previews (auto: picked after the first)
+        self.last: int | None = None                  # the step of the last preview
+        self.chosen: int | None = None                # auto's pick
+        self.preview_s = 0.0                          # time spent in previews so far
+        self.count = 0                                # previews so far
+        self.t_start = time.perf_counter()
+
+    def due(self, i: int) -> bool:
+        if self.every == 0:
+            return False
+        if i + 1 >= self.total:
+            return True
+        if self.auto:
+            return self.last is None or i - self.last >= self.n
+        return i % self.n == 0
+
+    def took(self, i: int, seconds: float) -> None:
+        """The preview at step i took `seconds`; auto (re)picks its cadence from the costs so far."""
+        self.preview_s += seconds
+        self.count += 1
+        if self.auto:
+            # previews cost p each, steps s each; a run of T steps shows at most (T - 1) / n + 2 of them
+            # (the first, every n-th, the last), and ((T - 1) / n + 2) p <= budget T s gives
+            # n >= (T - 1) p / (budget T s - 2 p)
+            p = self.preview_s / self.count
+            s = max(time.perf_counter() - self.t_start - self.preview_s, 1e-9) / (i + 1)
+            room = self.budget * self.total * s - 2 * p
+            n = self.total if room <= 0 else math.ceil((self.total - 1) * p / room)
+            self.n = self.chosen = max(1, min(self.total, n))
+        self.last = i
+
+    @property
+    def metrics(self) -> dict:
+        """For the status line: the cadence auto picked, once it has."""
+        return {"preview_every": float(self.chosen)} if self.chosen else {}

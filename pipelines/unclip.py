@@ -44,7 +44,7 @@ from pipelines import __version__, media
 from pipelines.diffusion import side_by_side, trajectory_strip
 from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised
 from pipelines.engine import Engine
-from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.models import unclip as unclip_models
 from pipelines.presets import load_preset
 from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
@@ -79,7 +79,7 @@ class UnCLIPRequest:
     frames: int = 8                       # interpolate: pictures from end a to end b, both included
     strength: float = 1.0                 # variations: share of the decoder's schedule run from the noised
                                           # source; 1 = from pure noise (only the embedding is kept)
-    preview_every: int = 5                # 0 = no previews
+    preview_every: int = 5                # 0 = no previews; -1 (AUTO): under 10 % of the run
 
     def replace(self, **kw) -> "UnCLIPRequest":
         return dataclasses.replace(self, **kw)
@@ -123,7 +123,7 @@ def validate(req: UnCLIPRequest) -> UnCLIPRequest:
         batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
         frames=_number("Frames", req.frames, 2, MAX_FRAMES, integer=True),
         strength=_number("Variation strength", req.strength, 0, 1),
-        preview_every=_number("Preview every", req.preview_every, 0, MAX_STEPS, integer=True))
+        preview_every=_number("Preview every", req.preview_every, AUTO, MAX_STEPS, integer=True))
 
 
 # ---------------------------------------------------------------------------
@@ -224,12 +224,15 @@ def _prior_stage(req, parts, prompts: list[str], gen, stage_count: int, t0: floa
     scheduler.set_timesteps(req.prior_steps, device=device)
     x = torch.randn((N * K, *parts.prior.sample_shape), generator=gen).to(device, dtype) * scheduler.init_noise_sigma
     done, x0 = 0, x
+    cadence = PreviewCadence(req.preview_every, req.prior_steps)
     for s in denoise(parts.prior, scheduler, x, cond.to(dtype), null.to(dtype), req.prior_guidance, gen):
         x, x0, done = s.x_next, s.x0_pred, s.i + 1
         captions = ()
-        if req.preview_every and (s.i % req.preview_every == 0 or done == req.prior_steps):
+        if cadence.due(s.i):
+            t_preview = time.perf_counter()
             near = nearest_captions(parts, parts.to_embedding(x0[:1]))[0]
             captions = tuple(f"{c} ({sim:.2f})" for c, sim in near)
+            cadence.took(s.i, time.perf_counter() - t_preview)
         yield Step(ENGINE, "prior", done, req.prior_steps, 0, stage_count, t=float(s.t), captions=captions,
                    elapsed_s=time.perf_counter() - t0)
         if should_stop():
@@ -266,16 +269,32 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
     else:
         x = noise * scheduler.init_noise_sigma
     x0, done = x, 0
+    cadence = PreviewCadence(req.preview_every, total)
+
+    def step(s, previews: dict) -> Step:
+        return Step(ENGINE, "decoder", s.i + 1, total, stage_index, stage_count, t=float(s.t), previews=previews,
+                    metrics=cadence.metrics, elapsed_s=time.perf_counter() - t0)
+
+    def preview(s, last: bool = False) -> dict:
+        """The sample after the step and the clean estimate; the last preview (the end, or what a Stop
+        keeps) is the result itself, decoded as the result is."""
+        t_preview = time.perf_counter()
+        with torch.no_grad():
+            if s.i + 1 == total or last:
+                result = parts.decode(s.x_next if s.i + 1 == total else s.x0_pred)
+                shown_t, shown_0 = (result if s.i + 1 == total else parts.preview(s.x_next)), result
+            else:
+                both = parts.preview(torch.cat([s.x_next, s.x0_pred]))
+                shown_t, shown_0 = both[:B], both[B:]
+        cadence.took(s.i, time.perf_counter() - t_preview)
+        return {"x_t": _show(shown_t), "x0_pred": _show(shown_0)}
+
     for s in denoise(dec, scheduler, x, cond.to(dtype), null.to(dtype), req.guidance, gen, start=start):
         x, x0, done = s.x_next, s.x0_pred, s.i + 1
-        previews = {}
-        if req.preview_every and (s.i % req.preview_every == 0 or done == total):
-            with torch.no_grad():
-                both = parts.preview(torch.cat([s.x_t, s.x0_pred]))
-            previews = {"x_t": _show(both[:B]), "x0_pred": _show(both[B:])}
-        yield Step(ENGINE, "decoder", done, total, stage_index, stage_count, t=float(s.t), previews=previews,
-                   elapsed_s=time.perf_counter() - t0)
+        yield step(s, preview(s) if cadence.due(s.i) else {})
         if should_stop():
+            if cadence.every and done < total:      # the picture Stop keeps, as the last preview
+                yield step(s, preview(s, last=True))
             break
     out["done"], out["total"] = done, total
     with torch.no_grad():
@@ -392,7 +411,7 @@ ENGINE_SPEC = Engine(
     needs=(("karlo",), ("unclip_prior", "unclip_decoder", "vqgan", "clip")), optional=("unclip_clip",),
     limits={"prior_steps": (1, MAX_STEPS), "prior_guidance": (0, MAX_GUIDANCE), "candidates": (1, MAX_CANDIDATES),
             "steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "batch": (1, MAX_BATCH),
-            "frames": (2, MAX_FRAMES), "strength": (0, 1), "preview_every": (0, MAX_STEPS)},
+            "frames": (2, MAX_FRAMES), "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS)},
     choices={"mode": MODES, "prior_sampler": tuple(SAMPLERS), "sampler": tuple(SAMPLERS)},
     image_fields=("image", "image_b"),
     frame=_frame, strip=_strip,

@@ -43,7 +43,7 @@ from PIL import Image
 from pipelines import __version__, media
 from pipelines import prompts as P
 from pipelines.engine import Engine
-from pipelines.events import Final, Step, StopCheck, never_stop
+from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.registry import PRECISIONS, autocast, compute_dtype
 from pipelines.validation import number as _number
@@ -87,7 +87,7 @@ class VQGANCLIPRequest:
     cut_pow: float = 1.0
     cut_method: str = "latest"
     augments: tuple[str, ...] = ("Af", "Pe")
-    preview_every: int = 5                         # 0 = no previews (and no video frames)
+    preview_every: int = 5                         # 0 = no previews (and no video frames); -1 (AUTO): under 10 %
     change_prompt_every: int = 0                   # story mode: next '^' phase every N iterations
     precision: str = "auto"                        # autocast dtype of the decoder and CLIP passes (PRECISIONS)
 
@@ -113,7 +113,7 @@ def validate(req: VQGANCLIPRequest, factor: int) -> tuple[VQGANCLIPRequest, list
     _number("Cutouts", req.cutn, 1, MAX_CUTN, integer=True)
     _number("Cut power", req.cut_pow, 0.01, 10)
     _number("Init weight", req.init_weight, 0, 1e4)
-    _number("Preview every", req.preview_every, 0, 10**6, integer=True)
+    _number("Preview every", req.preview_every, AUTO, 10**6, integer=True)
     _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
     if req.optimiser not in OPTIMISERS:
         raise ValueError(f"Optimiser must be one of {', '.join(OPTIMISERS)} (got {req.optimiser!r})")
@@ -228,7 +228,9 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     for note in notices:
         yield Step(ENGINE, "optimise", 0, total, notice=note)
 
-    # 3. the optimisation loop
+    # 3. the optimisation loop (its previews reuse the forward pass's picture; the video ends on the result)
+    cadence = PreviewCadence(req.preview_every, total)
+    final = None
     for i in range(total):
         k = P.phase_at(phases, i, int(req.change_prompt_every))
         notice = None
@@ -247,18 +249,29 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         with torch.no_grad():
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
         done = i + 1
+        metrics = {"loss": float(loss.detach()), **{n: float(v.detach()) for n, v in terms.items()}}
         previews = {}
-        if req.preview_every and (i % int(req.preview_every) == 0 or done == total):
-            previews["current"] = media.to_pil(x[0].detach(), value_range=(0, 1))
+        if cadence.due(i):
+            t_preview = time.perf_counter()
+            if done == total:                   # the last preview is the result itself (decoded as below)
+                with torch.no_grad():
+                    final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
+            previews["current"] = final if done == total else media.to_pil(x[0].detach(), value_range=(0, 1))
+            cadence.took(i, time.perf_counter() - t_preview)
         yield Step(ENGINE, "optimise", done, total, previews=previews,
-                   metrics={"loss": float(loss.detach()), **{n: float(v.detach()) for n, v in terms.items()}},
-                   elapsed_s=time.perf_counter() - t0, notice=notice)
+                   metrics={**metrics, **cadence.metrics}, elapsed_s=time.perf_counter() - t0, notice=notice)
         if should_stop():
+            if cadence.every and done < total:  # the picture Stop keeps, as the last preview
+                with torch.no_grad():
+                    final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
+                yield Step(ENGINE, "optimise", done, total, previews={"current": final},
+                           metrics={**metrics, **cadence.metrics}, elapsed_s=time.perf_counter() - t0)
             break
 
-    # 4. the final image from the last z, decoded in float32
-    with torch.no_grad():
-        final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
+    # 4. the final image from the last z, decoded in float32 (the last preview's, when it was one)
+    if final is None:
+        with torch.no_grad():
+            final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
         "settings": _settings(req), "iterations_done": done, "stopped": done < total,

@@ -1,7 +1,7 @@
 """The app in a real browser: Debian's Chromium driven by Playwright, one table row per tab.
 
-Each tab: type a prompt, run, see previews arrive and the final image, download the
-PNG and the video, load the settings back from the PNG, Stop a long run and keep
+Each tab: type a prompt, run, see previews arrive and the final image (the last preview
+shown is the result), download the PNG and the video, load the settings back from the PNG, Stop a long run and keep
 its result, and reload the page during a run to find it again. Screenshots go to
 ``reports/screenshots/<tab>.png`` (or ``$ATELIER_SCREENSHOTS``).
 
@@ -157,6 +157,16 @@ def _srcs(page, tab: TabSpec) -> set[str]:
     return out
 
 
+def _picture(page, selector: str):
+    """The picture an <img> in the page shows, fetched from the server as the browser did."""
+    import io
+
+    from PIL import Image
+
+    src = page.locator(selector).first.get_attribute("src")
+    return Image.open(io.BytesIO(urllib.request.urlopen(src, timeout=10).read())).convert("RGB")
+
+
 def _status(page, tab: TabSpec) -> str:
     return page.locator(f"#{tab.p}_status").inner_text()
 
@@ -206,6 +216,11 @@ def test_run_previews_downloads_and_load_settings(page, tab, tmp_path):
                                       "e.parentElement.getBoundingClientRect().width]")
     assert fit in ("contain", "fill") and width <= cell + 1, (tab.p, fit, width, cell)
     page.screenshot(path=str(_screenshot_dir() / f"{tab.p}.png"), full_page=True)
+
+    # the last preview shown is the result (DALL-E's is all candidates side by side, the best first)
+    shown = _picture(page, f"#{tab.p}_{tab.previews[-1]} img")
+    result = _picture(page, f"#{tab.p}_{tab.final} img")
+    assert shown.crop((0, 0, *result.size)).tobytes() == result.tobytes(), (tab.p, shown.size, result.size)
 
     # downloads: the PNG (with its settings) and the mp4
     links = page.locator(f"#{tab.p}_files a")

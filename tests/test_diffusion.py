@@ -349,3 +349,42 @@ def test_training_command_trains_resumes_and_exports(tmp_path):
     assert cfg.text_inputs == ("last", "embed") and cfg.top_left_first
     with pytest.raises(SystemExit):                      # an unknown text input is argparse's one-line error
         train.main(["--out", str(short), "--text-inputs", "last,penultimate"])
+
+
+# -- previews an artist can read ---------------------------------------------------------------------
+
+
+def test_previews_are_pictures_and_the_last_one_is_the_result(parts):
+    """x0_pred goes through the decoder as the result does (no 8x8 colour cells); the MAD to the result
+    falls along the run and is 0 at the last preview, whose x_t is the result too."""
+    evs = list(_sample(parts, steps=12, preview_every=1, batch=2))
+    final, previews = evs[-1], [e.previews for e in evs if isinstance(e, Step) and e.previews]
+    result = np.concatenate([np.asarray(im) for im in final.images], axis=1).astype(float)
+    mad = [np.abs(np.asarray(p["x0_pred"]).astype(float) - result).mean() for p in previews]
+    assert len(previews) == 12 and mad[-1] == 0 and mad[0] > mad[len(mad) // 2] > mad[-1]
+    assert np.array_equal(np.asarray(previews[-1]["x_t"]), result.astype(np.uint8))
+    cells = np.asarray(previews[0]["x0_pred"]).astype(float)[:32, :32].reshape(8, 4, 8, 4, 3)
+    assert (cells.std(axis=(1, 3)) > 0).mean() > 0.5        # not a mosaic of flat 4x4 cells
+
+
+def test_a_stopped_run_previews_the_picture_it_keeps(parts):
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] >= 4
+
+    req = engine.DiffusionRequest(prompt="a red circle", steps=25, preview_every=10)
+    evs = list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", stop))
+    final, last = evs[-1], [e for e in evs if isinstance(e, Step) and e.previews][-1]
+    assert final.stopped and final.meta["steps_done"] == 4 and last.step == 4
+    assert np.array_equal(np.asarray(last.previews["x0_pred"]), np.asarray(final.images[0]))
+
+
+def test_auto_previews_pick_a_cadence_and_say_so(parts):
+    evs = list(_sample(parts, steps=30, preview_every=-1))
+    steps = [e for e in evs if isinstance(e, Step)]
+    n = int(steps[-1].metrics["preview_every"])
+    shown = [e.step for e in steps if e.previews]
+    assert n >= 1 and shown[0] == 1 and shown[-1] == 30
+    assert all(b - a >= n for a, b in zip(shown[1:-2], shown[2:-1]))

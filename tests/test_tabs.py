@@ -124,3 +124,35 @@ def test_a_hub_preset_offline_says_so_at_once(served_app, client, name, kw, word
     with pytest.raises(AppError, match=words):
         client.predict(*api_args(name, **{"prompt": PROMPT, **QUICK[name], **kw}), api_name=f"/{name}")
     assert time.time() - t0 < 10
+
+
+# the preview widget whose last picture must be the result (DALL-E's shows every candidate, the best first)
+LAST_PREVIEW = {"vqgan_clip": "preview", "diffusion": "x0", "dalle": "preview", "unclip": "x0"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_last_preview_is_the_result(client, name):
+    out, at = outputs_of(name), outputs_of(name)[LAST_PREVIEW[name]]
+    kw = {**QUICK[name], **({"candidates": 1} if name == "dalle" else {})}
+    outs = list(client.submit(*api_args(name, prompt=PROMPT, **kw), api_name=f"/{name}"))
+    last = [o[at] for o in outs if shown(o[at])][-1]
+    result = outs[-1][out["final"]]
+    result = result if isinstance(result, str) else _gallery_path(result[0])
+    assert Image.open(last).convert("RGB").tobytes() == Image.open(result).convert("RGB").tobytes()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "preview_every" in ENGINES[n].fields])
+def test_auto_previews_say_how_often_in_the_status(client, name):
+    out = outputs_of(name)
+    outs = list(client.submit(*api_args(name, prompt=PROMPT, **{**QUICK[name], "preview_every": -1}),
+                              api_name=f"/{name}"))
+    assert outs[-1][out["status"]].startswith("**Done**")
+    assert any("(auto: under 10 % of the run)" in str(o[out["status"]]) for o in outs)
+
+
+def _gallery_path(item):
+    """A gallery item as the client returns it: a path, or {"image": path or {"path": ...}}."""
+    if isinstance(item, dict):
+        item = item.get("image", item)
+        item = item.get("path", item) if isinstance(item, dict) else item
+    return item

@@ -267,7 +267,9 @@ def test_karlo_layout_loads_through_the_registry_and_runs_every_mode(karlo_folde
     events = list(engine.sample(_req(mode="interpolate", image=_circle(), prompt_b="a blue star", frames=3,
                                      steps=2, prior_steps=2), karlo, CPU))
     assert len(events[-1].images) == 3
-    assert events[-2].previews["x_t"].size == (3 * 16, 16)  # previews: the decoder's 16 px sample
+    previews = [e.previews for e in events if isinstance(e, Step) and "x_t" in e.previews]
+    assert previews[0]["x_t"].size == (3 * 16, 16)      # previews: the decoder's 16 px sample, ...
+    assert previews[-1]["x0_pred"].size == (3 * 32, 32)  # ... and last the result, after super-resolution
 
 
 def test_karlo_preset_offline_is_one_sentence(tmp_path, monkeypatch):
@@ -511,3 +513,31 @@ def test_decoder_training_from_the_diffusion_model_with_text(tmp_path, tiny_text
     assert torch.equal(text_states(dec, clip, caption), text_states(dec, clip, ["a blue square above a red circle"]))
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
     assert torch.allclose(dec.unet.state_dict()[key], wide.unet.state_dict()[key], atol=1e-3)  # half-precision export
+
+
+# -- previews an artist can read ---------------------------------------------------------------------
+
+
+def test_the_last_decoder_preview_is_the_result(tiny):
+    evs = list(engine.sample(_req(steps=5, batch=2), tiny, "cpu"))
+    final = evs[-1]
+    last = [e for e in evs if isinstance(e, Step) and "x0_pred" in e.previews][-1]
+    result = np.concatenate([np.asarray(im) for im in final.images], axis=1)
+    assert np.array_equal(np.asarray(last.previews["x0_pred"]), result)
+    assert np.array_equal(np.asarray(last.previews["x_t"]), result)
+
+
+def test_a_run_stopped_in_the_decoder_previews_the_picture_it_keeps(tiny):
+    decoder_steps = {"n": 0}
+    evs = []
+
+    def stop():
+        decoder_steps["n"] += bool(evs and evs[-1].stage == "decoder")
+        return decoder_steps["n"] >= 2
+
+    for ev in engine.sample(_req(steps=20, preview_every=50), tiny, "cpu", stop):
+        evs.append(ev)
+    final = evs[-1]
+    last = [e for e in evs if isinstance(e, Step) and "x0_pred" in e.previews][-1]
+    assert final.stopped and final.meta["steps_done"] < 20 and last.step == final.meta["steps_done"]
+    assert np.array_equal(np.asarray(last.previews["x0_pred"]), np.asarray(final.images[0]))

@@ -60,8 +60,8 @@ def build(registry, runs) -> None:
                 inp("batch", gr.Number(label=f"Batch size (1-{MAX_BATCH})", value=d["batch"], precision=0,
                                        elem_id="dif_batch"))
             with gr.Row():
-                inp("preview_every", gr.Number(label="Preview every N steps (0 = none)", value=d["preview_every"],
-                                               precision=0, elem_id="dif_preview_every"))
+                inp("preview_every", gr.Number(label="Preview every N steps (0 = none, -1 = auto)",
+                                               value=d["preview_every"], precision=0, elem_id="dif_preview_every"))
                 tab.fps_slider()
             run_btn, stop_btn = tab.buttons()
             with gr.Accordion("Image to image", open=False):

@@ -110,8 +110,8 @@ def build(registry, runs) -> None:
                     inp("guidance", gr.Number(label="Decoder guidance", value=d["guidance"], elem_id="unc_guidance"))
                 with gr.Row():
                     inp("seed", gr.Number(label="Seed", value=0, precision=0, elem_id="unc_seed"))
-                    inp("preview_every", gr.Number(label="Preview every N steps (0 = none)", value=d["preview_every"],
-                                                   precision=0, elem_id="unc_preview_every"))
+                    inp("preview_every", gr.Number(label="Preview every N steps (0 = none, -1 = auto)",
+                                                   value=d["preview_every"], precision=0, elem_id="unc_preview_every"))
                     tab.fps_slider(30)
         with tab.results_column("Downloads (PNGs at true size and enlarged, strip, mp4)",
                                 "Video (x_t | x_0, or the interpolation)"):

@@ -66,8 +66,8 @@ def build(registry, runs) -> None:
             with gr.Row():
                 inp("iterations", gr.Number(label="Iterations", value=d["iterations"], precision=0,
                                             elem_id="vqc_iters"))
-                inp("preview_every", gr.Number(label="Preview every N iterations", value=d["preview_every"],
-                                               precision=0, elem_id="vqc_preview_every"))
+                inp("preview_every", gr.Number(label="Preview every N iterations (0 = none, -1 = auto)",
+                                               value=d["preview_every"], precision=0, elem_id="vqc_preview_every"))
                 tab.fps_slider()
             run_btn, stop_btn = tab.buttons()
             with gr.Accordion("Image prompts and init image", open=False):
