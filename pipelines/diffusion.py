@@ -181,10 +181,14 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         return Step(ENGINE, "denoise", s.i + 1, total, t=float(s.t), previews=previews, metrics=cadence.metrics,
                     elapsed_s=time.perf_counter() - t0)
 
+    kept = {}                                   # the result, when the last preview decoded it
+
     def preview(s, last: bool = False) -> dict:
         t_preview = time.perf_counter()
         with torch.no_grad():
             shown_t, shown_0 = _previews(model, vqgan, s.x_next, s.x0_pred, last=last, final=s.i + 1 == total)
+        if last or s.i + 1 == total:
+            kept["images"] = shown_0
         cadence.took(s.i, time.perf_counter() - t_preview)
         return {"x_t": media.row(shown_t), "x0_pred": media.row(shown_0)}
 
@@ -198,8 +202,10 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
 
     # 5. the pictures: the finished sample, or on Stop the last clean estimate
     stopped = done < total
-    with torch.no_grad():
-        images = _decode(model, vqgan, x0_pred if stopped else x)
+    images = kept.get("images")
+    if images is None:
+        with torch.no_grad():
+            images = _decode(model, vqgan, x0_pred if stopped else x)
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
         "settings": ENGINE_SPEC.settings(req), "steps_done": done, "steps_total": total, "stopped": stopped,

@@ -281,7 +281,7 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
         t_preview = time.perf_counter()
         with torch.no_grad():
             if s.i + 1 == total or last:
-                result = parts.decode(s.x_next if s.i + 1 == total else s.x0_pred)
+                result = out["x"] = parts.decode(s.x_next if s.i + 1 == total else s.x0_pred)   # kept below
                 shown_t, shown_0 = (result if s.i + 1 == total else parts.preview(s.x_next)), result
             else:
                 both = parts.preview(torch.cat([s.x_next, s.x0_pred]))
@@ -297,8 +297,9 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
                 yield step(s, preview(s, last=True))
             break
     out["done"], out["total"] = done, total
-    with torch.no_grad():
-        out["x"] = parts.decode(x0 if done < total else x)
+    if "x" not in out:                          # no last preview decoded it already
+        with torch.no_grad():
+            out["x"] = parts.decode(x0 if done < total else x)
 
 
 # ---------------------------------------------------------------------------
