@@ -10,7 +10,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from pipelines.zerogpu import ON_SPACES  # noqa: E402  (imports `spaces` first where it exists)
+from pipelines.zerogpu import ON_SPACES, preload_default_preset, serve  # noqa: E402  (imports `spaces` first)
 from pipelines.registry import Registry, warm_imports  # noqa: E402
 
 warm_imports()  # the engines' libraries import in the background while the page is built; models stay lazy
@@ -19,6 +19,9 @@ from ui.app import build_demo  # noqa: E402
 from ui.common import CSS  # noqa: E402
 
 registry = Registry()
+serve(registry)  # the registry that ZeroGPU calls find in their forked worker
+if ON_SPACES:    # as ZeroGPU asks: the default preset's models loaded and placed at import; elsewhere lazily
+    preload_default_preset(registry)
 demo = build_demo(registry)
 
 # Every launch uses these (tests too): uploads capped, no share link, files served only from

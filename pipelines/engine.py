@@ -84,6 +84,7 @@ class Engine:
     image_meta: Callable[[Final, int], dict] = batch_index     # per picture, added to the run's metadata
     settings: Callable[[Any], dict] = plain_settings             # request -> JSON for the metadata
     gpu_seconds: Callable[[Any], int] = fixed_gpu_seconds        # ZeroGPU time to ask for a request
+    resumable: bool = False              # run(..., resume=state, max_steps=n) pauses and continues (events.Pause)
     fps: int = 10                        # the video's default frame rate
 
     # --- presets ---

@@ -42,7 +42,18 @@ class Final:
     stopped: bool = False          # True when the user stopped it early; images are what was made
 
 
-Event = Step | Final
+@dataclass(frozen=True)
+class Pause:
+    """A run that reached the bound of its call (`max_steps`) before its end: `state` (CPU data that
+    pickles) continues it from `step`, in another call, to the same picture an unbroken run makes.
+    ZeroGPU gives a GPU for a bounded time; a long run is a chain of such calls (pipelines/zerogpu.py)."""
+    engine: str
+    state: object
+    step: int
+    total: int
+
+
+Event = Step | Final | Pause
 StopCheck = Callable[[], bool]
 
 

@@ -43,7 +43,7 @@ from PIL import Image
 from pipelines import __version__, media
 from pipelines import prompts as P
 from pipelines.engine import Engine
-from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
+from pipelines.events import AUTO, Final, Pause, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.registry import PRECISIONS, autocast, compute_dtype
 from pipelines.validation import number as _number
@@ -145,18 +145,48 @@ def _settings(req: VQGANCLIPRequest) -> dict:
     return d
 
 
-def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
-    """The engine: models from the registry for the request's preset, then `optimise`."""
+def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop, resume: "OptimiseState | None" = None,
+        max_steps: int | None = None) -> Iterator[Step | Final | Pause]:
+    """The engine: models from the registry for the request's preset, then `optimise` (which see for
+    `resume` and `max_steps`: a long run in bounded pieces)."""
     preset = load_preset(req.preset)
     specs = tuple(ENGINE_SPEC.components(preset).values())
     with registry.use(*specs) as (vqgan, clip):
         info = {"preset": preset.name, "models": registry.describe(*specs)}
-        yield from optimise(req, vqgan, clip, registry.device, should_stop, info)
+        yield from optimise(req, vqgan, clip, registry.device, should_stop, info, resume, max_steps)
+
+
+@dataclass
+class OptimiseState:
+    """Where a paused run stands (CPU tensors: it pickles): the next iteration, the latents, the
+    optimiser's state, the generator's state and the seconds spent so far."""
+    next: int
+    z: torch.Tensor
+    opt: dict
+    gen: torch.Tensor
+    seconds: float
+
+
+def _cpu(obj):
+    """An optimiser state_dict (nested dicts and lists of tensors) with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck = never_stop,
-             info: dict | None = None) -> Iterator[Step | Final]:
-    """The VQGAN+CLIP loop over given models (the benchmark drives it with its own)."""
+             info: dict | None = None, resume: OptimiseState | None = None,
+             max_steps: int | None = None) -> Iterator[Step | Final | Pause]:
+    """The VQGAN+CLIP loop over given models (the benchmark drives it with its own).
+
+    With `max_steps` it runs at most that many iterations and then, before the end, yields a
+    `Pause` whose state `resume` continues from; the pieces make the same picture as one run.
+    `resume` with `max_steps=0` ends a paused run where it stands (a Stop between pieces).
+    """
     t0 = time.perf_counter()
     req, phases, notices = validate(req, vqgan.factor)
     gen = torch.Generator().manual_seed(int(req.seed))
@@ -221,17 +251,25 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         emb = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(int(seed))).to(device)
         extra.append((f"loss/noise {seed}", PromptLoss(emb, weight)))
 
-    phase_index = 0
-    losses = named(text_losses(phases[0]) + extra)
     total = int(req.iterations)
-    done = 0
-    for note in notices:
-        yield Step(ENGINE, "optimise", 0, total, notice=note)
+    start, spent = 0, 0.0
+    if resume is not None:      # everything above is rebuilt from the request; the moving parts are restored
+        start, spent = resume.next, resume.seconds
+        with torch.no_grad():
+            z.copy_(resume.z.to(device))
+        opt.load_state_dict(resume.opt)
+        gen.set_state(resume.gen)
+    phase_index = P.phase_at(phases, start - 1, int(req.change_prompt_every)) if start else 0
+    losses = named(text_losses(phases[phase_index]) + extra)
+    done = start
+    if resume is None:
+        for note in notices:
+            yield Step(ENGINE, "optimise", 0, total, notice=note)
 
     # 3. the optimisation loop (its previews reuse the forward pass's picture; the video ends on the result)
     cadence = PreviewCadence(req.preview_every, total)
     final = None
-    for i in range(total):
+    for i in range(start, total if max_steps != 0 else start):   # max_steps 0: finish a paused run as it is
         k = P.phase_at(phases, i, int(req.change_prompt_every))
         notice = None
         if k != phase_index:
@@ -259,8 +297,14 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
             previews["current"] = final if done == total else media.to_pil(x[0].detach(), value_range=(0, 1))
             cadence.took(i, time.perf_counter() - t_preview)
         yield Step(ENGINE, "optimise", done, total, previews=previews,
-                   metrics={**metrics, **cadence.metrics}, elapsed_s=time.perf_counter() - t0, notice=notice)
-        if should_stop():
+                   metrics={**metrics, **cadence.metrics}, elapsed_s=spent + time.perf_counter() - t0, notice=notice)
+        stopping = should_stop()
+        if max_steps is not None and done - start >= max_steps and done < total and not stopping:
+            state = OptimiseState(done, _cpu(z), _cpu(opt.state_dict()), gen.get_state(),
+                                  spent + time.perf_counter() - t0)
+            yield Pause(ENGINE, state, done, total)
+            return
+        if stopping:
             if cadence.every and done < total:  # the picture Stop keeps, as the last preview
                 with torch.no_grad():
                     final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
@@ -275,7 +319,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
         "settings": _settings(req), "iterations_done": done, "stopped": done < total,
-        "seconds": round(time.perf_counter() - t0, 2), "device": str(device),
+        "seconds": round(spent + time.perf_counter() - t0, 2), "device": str(device),
         "precision": {"decoder": str(dtype).removeprefix("torch."), "clip": str(clip_dtype).removeprefix("torch.")},
     }
     yield Final(ENGINE, [final], meta, stopped=done < total)
@@ -313,4 +357,5 @@ ENGINE_SPEC = Engine(
     image_meta=lambda final, k: {},
     settings=_settings,
     gpu_seconds=lambda req: int(min(300, 20 + 0.5 * req.iterations)),   # generous per iteration, capped
+    resumable=True,
     fps=10)

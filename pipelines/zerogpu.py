@@ -26,3 +26,82 @@ def gpu(fn: Callable | None = None, **kwargs: Any) -> Callable:
     if fn is None:
         return spaces.GPU(**kwargs)
     return spaces.GPU(fn, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Engine runs as ZeroGPU calls
+# ---------------------------------------------------------------------------
+#
+# A decorated function runs in a forked worker: everything crossing the boundary is pickled
+# (arguments and every yield), and the worker's changes to globals never come back. So a GPU
+# call takes only the engine's name, the request (plain data and PIL images), a paused run's
+# state and a step bound, and finds the registry, with its models already placed at import,
+# as a global that the fork inherited. A long run is a chain of bounded calls: each ends
+# in a `Pause` whose state the server keeps and hands to the next call.
+
+CALL_STEPS = int(os.environ.get("ATELIER_GPU_CALL_STEPS", "100"))   # steps of a resumable engine per GPU call
+_registry = None
+
+
+def serve(registry) -> None:
+    """The registry that GPU calls use (app.py sets it at import, before the worker forks)."""
+    global _registry
+    _registry = registry
+
+
+def preload_default_preset(registry) -> None:
+    """Load the first preset's models now (placed on the registry's device), not on the first run."""
+    from pipelines.presets import list_presets
+
+    presets = list_presets()
+    if presets:
+        for spec in presets[0].components.values():
+            registry.get(spec)
+
+
+def call_seconds(name: str, req, state=None, max_steps: int | None = None) -> int:
+    """The GPU time to ask for one call: the engine's estimate for the whole run, or for the call's share."""
+    from pipelines.engines import ENGINES
+
+    engine = ENGINES[name]
+    whole = engine.gpu_seconds(req)
+    total = getattr(req, "iterations", None) or getattr(req, "steps", None)
+    if max_steps and total:
+        return int(min(whole, 15 + whole * max_steps / total))
+    return int(whole)
+
+
+def engine_call(name: str, req, state=None, max_steps: int | None = None):
+    """One GPU call: the engine's events, from a paused state and up to `max_steps` steps when it resumes."""
+    from pipelines.engines import ENGINES
+    from pipelines.events import never_stop
+
+    engine = ENGINES[name]
+    if engine.resumable:
+        yield from engine.run(req, _registry, never_stop, resume=state, max_steps=max_steps)
+    else:
+        yield from engine.run(req, _registry, never_stop)
+
+
+gpu_engine_call = gpu(duration=call_seconds)(engine_call)
+
+
+def in_bounded_calls(call, name: str, req, should_stop, max_steps: int = CALL_STEPS):
+    """The events of a run made of GPU calls of at most `max_steps` steps each (one call for an engine
+    that cannot pause). Stop takes effect between calls: one more call ends the run where it stands."""
+    from pipelines.events import Pause
+
+    state = None
+    while True:
+        paused = None
+        for ev in call(name, req, state, max_steps):
+            if isinstance(ev, Pause):
+                paused = ev
+            else:
+                yield ev
+        if paused is None:
+            return
+        state = paused.state
+        if should_stop():
+            yield from call(name, req, state, 0)
+            return

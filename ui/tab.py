@@ -34,7 +34,7 @@ from pipelines import media
 from pipelines.events import Final, Step
 from pipelines.presets import list_presets, load_preset
 from pipelines.recorder import Recorder, Recording
-from pipelines.zerogpu import gpu
+from pipelines.zerogpu import ON_SPACES, gpu_engine_call, in_bounded_calls
 from ui.common import USER_ERRORS, Throttle, follow_new_run, loading_note, output_dir, resumable, stop_handler, \
     user_error
 
@@ -81,11 +81,6 @@ class Tab:
         self.defaults = engine.defaults(self.first)    # the widgets' first values
         self.inputs: dict[str, Any] = {}               # widgets by name (request fields, or the tab's own)
         self.outputs: dict[str, Any] = {}
-        self.events = gpu(duration=lambda req, registry, stop: engine.gpu_seconds(req))(self._events)
-
-    def _events(self, req, registry, stop):
-        """The engine's events; on a ZeroGPU Space this runs in the GPU worker (a no-op wrapper elsewhere)."""
-        yield from self.engine.run(req, registry, stop)
 
     # --- declaring widgets ---
     def input(self, name: str, widget):
@@ -190,7 +185,9 @@ class Tab:
             note = loading_note(self.registry, preset, self.engine.components(preset))
             if note:
                 yield self._tuple({"status": note})
-            events = self.events(req, self.registry, should_stop)
+            # on a ZeroGPU Space the engine runs in GPU calls (a long run in bounded ones); elsewhere in this thread
+            events = (in_bounded_calls(gpu_engine_call, self.name, req, should_stop) if ON_SPACES
+                      else self.engine.run(req, self.registry, should_stop))
             ev = next(events)  # validation and model loading happen here: errors surface before any output
             recorder = Recorder(self.engine, req, output_dir(), getattr(req, "prompt", "") or self.name,
                                 fps=int(fps_value))

@@ -1,0 +1,108 @@
+"""Engine runs as ZeroGPU calls, under a test double of its forked worker: every argument and every
+yield crosses a pickle, as they do on a Space, and a long run is a chain of bounded calls."""
+import pickle
+
+import numpy as np
+import pytest
+
+from pipelines import zerogpu
+from pipelines.engines import ENGINES
+from pipelines.events import Final, Pause, Step, generate
+
+
+class ForkedWorker:
+    """What ZeroGPU does to a decorated generator, minus the GPU: arguments and yields are pickled."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, *args):
+        args = pickle.loads(pickle.dumps(args))
+        self.calls.append(args[3])
+        for ev in self.fn(*args):
+            yield pickle.loads(pickle.dumps(ev))
+
+
+@pytest.fixture()
+def served(registry):
+    zerogpu.serve(registry)
+    yield registry
+    zerogpu.serve(None)
+
+
+def _vqgan_clip(**kw):
+    return ENGINES["vqgan_clip"].make_request(None, **{"prompt": "a red circle:1 | on a blue background:0.5",
+                                                       "iterations": 12, "cutn": 4, "preview_every": 4,
+                                                       "precision": "float32", "seed": 3, **kw})
+
+
+def _pixels(final):
+    return np.asarray(final.images[0])
+
+
+def test_a_long_run_in_three_bounded_calls_makes_the_picture_of_one_unbroken_run(served):
+    req = _vqgan_clip()
+    whole = generate(ENGINES["vqgan_clip"].run(req, served))
+    worker = ForkedWorker(zerogpu.engine_call)
+    events = list(zerogpu.in_bounded_calls(worker, "vqgan_clip", req, lambda: False, max_steps=4))
+    final = events[-1]
+    assert worker.calls == [4, 4, 4] and isinstance(final, Final) and not final.stopped
+    assert np.array_equal(_pixels(final), _pixels(whole)) and final.meta["iterations_done"] == 12
+    assert [e.step for e in events if isinstance(e, Step)] == list(range(1, 13))     # no step twice, none lost
+    assert not any(isinstance(e, Pause) for e in events)
+
+
+def test_stop_between_calls_ends_the_run_where_it_stands(served):
+    req = _vqgan_clip()
+    worker = ForkedWorker(zerogpu.engine_call)
+    final = list(zerogpu.in_bounded_calls(worker, "vqgan_clip", req, lambda: True, max_steps=4))[-1]
+    seen = []
+    stopped_alone = generate(ENGINES["vqgan_clip"].run(req, served, lambda: len(seen.append(0) or seen) >= 4))
+    assert worker.calls == [4, 0] and final.stopped and final.meta["iterations_done"] == 4
+    assert np.array_equal(_pixels(final), _pixels(stopped_alone))
+
+
+def test_an_engine_that_cannot_pause_runs_in_one_call(served):
+    req = ENGINES["diffusion"].make_request(None, prompt="a red circle", steps=3, preview_every=1)
+    worker = ForkedWorker(zerogpu.engine_call)
+    events = list(zerogpu.in_bounded_calls(worker, "diffusion", req, lambda: False, max_steps=1))
+    assert len(worker.calls) == 1 and isinstance(events[-1], Final) and events[-1].meta["steps_done"] == 3
+
+
+def test_a_call_asks_for_its_share_of_the_run_s_gpu_time():
+    req = _vqgan_clip(iterations=1000)
+    whole = zerogpu.call_seconds("vqgan_clip", req)
+    assert zerogpu.call_seconds("vqgan_clip", req, None, 100) < whole <= 300
+
+
+SPACE_RUN = """
+import json, os
+import app
+from gradio_client import Client
+from tests.conftest import QUICK, api_args, free_port, outputs_of
+loaded = sorted(r["key"] for r in app.registry.status())
+app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.LAUNCH)
+out = outputs_of("vqgan_clip")
+final = Client(app.demo.local_url, verbose=False).predict(
+    *api_args("vqgan_clip", prompt="a red circle", **{**QUICK["vqgan_clip"], "iterations": 7}), api_name="/vqgan_clip")
+print(json.dumps({"loaded": loaded, "status": final[out["status"]], "done": final[out["settings"]]["iterations_done"]}))
+app.demo.close()
+"""
+
+
+def test_the_app_as_a_space_preloads_and_runs_in_bounded_calls(tmp_path):
+    """With a Space's environment: the default preset's models load at import, and a run goes through
+    the GPU-call path (here with no `spaces` package, so the decorator is a no-op) in pieces of 3 steps."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SPACE_ID": "atelier/test", "SYSTEM": "spaces", "ATELIER_GPU_CALL_STEPS": "3",
+           "ATELIER_OUTPUT_DIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", SPACE_RUN], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
+    assert any(k.startswith("vqgan:builtin") for k in got["loaded"]) and len(got["loaded"]) >= 6
+    assert got["status"].startswith("**Done**") and got["done"] == 7
