@@ -61,10 +61,6 @@ def batch_index(final: Final, k: int) -> dict:
     return {"batch_index": k}
 
 
-def fixed_gpu_seconds(req) -> int:
-    return 60
-
-
 @dataclass(frozen=True)
 class Engine:
     name: str                            # tab id, API name, command-line word, `engine` in an image's metadata
@@ -83,7 +79,8 @@ class Engine:
     strip: Callable[..., Image.Image | None] = no_strip                  # (req, every Step's previews, final)
     image_meta: Callable[[Final, int], dict] = batch_index     # per picture, added to the run's metadata
     settings: Callable[[Any], dict] = plain_settings             # request -> JSON for the metadata
-    gpu_seconds: Callable[[Any], int] = fixed_gpu_seconds        # ZeroGPU time to ask for a request
+    work: Callable[[Any], float] = lambda req: 1.0               # units of work a request asks for (steps x pictures)
+    cost: tuple[float, float] = (0.0, 1.0)   # measured here: set-up seconds, seconds per unit (pipelines/estimate.py)
     resumable: bool = False              # run(..., resume=state, max_steps=n) pauses and continues (events.Pause)
     fps: int = 10                        # the video's default frame rate
 

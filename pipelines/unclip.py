@@ -400,9 +400,11 @@ def _strip(req, previews, final) -> Image.Image | None:
     return trajectory_strip([(p["x_t"], p["x0_pred"]) for p in previews if "x_t" in p])
 
 
-def _gpu_seconds(req) -> int:
+def _work(req) -> float:
+    """Prior samples (text ends only) plus decoder steps of every picture."""
     n = req.frames if req.mode == "interpolate" else req.batch
-    return int(min(300, 20 + 0.1 * req.steps * n + 0.05 * req.prior_steps * req.candidates))
+    prior = req.prior_steps * req.candidates * (req.batch if req.mode == "text" else 2 if req.mode == "interpolate" else 0)
+    return prior + req.steps * n
 
 
 ENGINE_SPEC = Engine(
@@ -417,5 +419,6 @@ ENGINE_SPEC = Engine(
     image_fields=("image", "image_b"),
     frame=_frame, strip=_strip,
     closing_frames=lambda req, final: final.images if req.mode == "interpolate" else (),
-    gpu_seconds=_gpu_seconds,
+    work=_work,
+    cost=(0.02, 0.0089),      # measured: shapes preset, one CPU thread (pipelines/estimate.py)
     fps=8)

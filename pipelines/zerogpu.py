@@ -60,15 +60,13 @@ def preload_default_preset(registry) -> None:
 
 
 def call_seconds(name: str, req, state=None, max_steps: int | None = None) -> int:
-    """The GPU time to ask for one call: the engine's estimate for the whole run, or for the call's share."""
+    """The GPU time to ask for one call: a margin over the estimate of the run, or of the call's share of it."""
     from pipelines.engines import ENGINES
+    from pipelines.estimate import ESTIMATES
 
-    engine = ENGINES[name]
-    whole = engine.gpu_seconds(req)
     total = getattr(req, "iterations", None) or getattr(req, "steps", None)
-    if max_steps and total:
-        return int(min(whole, 15 + whole * max_steps / total))
-    return int(whole)
+    share = min(1.0, max_steps / total) if max_steps and total else 1.0
+    return ESTIMATES.gpu_seconds(ENGINES[name], req, "cuda", share)
 
 
 def engine_call(name: str, req, state=None, max_steps: int | None = None):

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 import gradio as gr
 
 from pipelines import media
+from pipelines.estimate import ESTIMATES, human
 from pipelines.events import Final, Step
 from pipelines.presets import list_presets, load_preset
 from pipelines.recorder import Recorder, Recording
@@ -124,10 +125,29 @@ class Tab:
         gr.Examples(examples, inputs=[self.inputs["prompt"]], label="Examples (shapes preset)", cache_examples=False)
 
     def buttons(self, label: str = "Generate"):
-        """Run and Stop, side by side."""
+        """Run and Stop, side by side, and the run's estimate under them."""
         with gr.Row():
-            return (gr.Button(label, variant="primary", elem_id=f"{self.prefix}_run"),
-                    gr.Button("Stop", variant="stop", elem_id=f"{self.prefix}_stop"))
+            run, stop = (gr.Button(label, variant="primary", elem_id=f"{self.prefix}_run"),
+                         gr.Button("Stop", variant="stop", elem_id=f"{self.prefix}_stop"))
+        self.estimate_box()
+        return run, stop
+
+    def estimate_box(self):
+        """How long a run of the settings shown will take (pipelines/estimate.py), kept up to date."""
+        try:
+            first = ESTIMATES.say(self.engine, self.engine.make_request(self.first), self.registry.device)
+        except (ValueError, TypeError):
+            first = ""
+        self.estimate = gr.Markdown(first, elem_id=f"{self.prefix}_estimate")
+        return self.estimate
+
+    def _say_estimate(self, named: dict) -> str:
+        kw = {k: v for k, v in named.items() if k in self.engine.fields and k not in self.engine.image_fields}
+        try:
+            req = self.engine.make_request(load_preset(kw.pop("preset")), **kw)
+            return ESTIMATES.say(self.engine, req, self.registry.device)
+        except (ValueError, TypeError, KeyError):
+            return ""       # settings the run would refuse: its own message says why
 
     def image_output(self, name: str, label: str, elem: str):
         """A picture shown crisp at least 256 px wide (small built-in pictures are enlarged nearest-neighbour)."""
@@ -188,6 +208,7 @@ class Tab:
             # on a ZeroGPU Space the engine runs in GPU calls (a long run in bounded ones); elsewhere in this thread
             events = (in_bounded_calls(gpu_engine_call, self.name, req, should_stop) if ON_SPACES
                       else self.engine.run(req, self.registry, should_stop))
+            estimate = ESTIMATES.seconds(self.engine, req, self.registry.device)
             ev = next(events)  # validation and model loading happen here: errors surface before any output
             recorder = Recorder(self.engine, req, output_dir(), getattr(req, "prompt", "") or self.name,
                                 fps=int(fps_value))
@@ -209,7 +230,9 @@ class Tab:
             values = {"final": rec.shown, "strip": rec.strip, "video": rec.video, "files": rec.files,
                       "settings": ev.meta}
             values.update(finish(req, ev, rec))
-            values["status"] = f"**{word}**" + values.get("status", "")
+            values["status"] = f"**{word}**" + values.get("status", "") + f" (estimated {human(estimate)})"
+            if not ev.stopped and "seconds" in ev.meta:        # the next estimate follows this machine
+                ESTIMATES.observe(self.engine, req, self.registry.device, float(ev.meta["seconds"]))
             yield self._tuple(values)
         except USER_ERRORS as e:
             raise user_error(e) from None
@@ -232,6 +255,13 @@ class Tab:
             yield from follow_new_run(self.runs, self.name, outputs, status, make, client_id, request)
 
         _with_signature(handler, [*fields, "fps", "client_id"])
+        if getattr(self, "estimate", None) is not None and not getattr(self, "_estimating", False):
+            self._estimating = True         # the tab's first run button keeps the estimate up to date
+            plain = [n for n in fields if not isinstance(self.inputs[n], gr.File)]
+            for n in plain:
+                self.inputs[n].change(lambda *v: self._say_estimate(dict(zip(plain, v))),
+                                      [self.inputs[k] for k in plain], self.estimate, queue=False, api_name=False,
+                                      show_progress="hidden")
         return button.click(handler, [self.inputs[n] for n in fields] + [self.inputs["fps"], self.runs.client],
                             outputs, api_name=api_name, concurrency_limit=1, concurrency_id="engines")
 

@@ -94,6 +94,7 @@ def build(registry, runs) -> None:
                                             value=d["frames"], precision=0, elem_id="unc_frames"))
                     blend_btn = gr.Button("Blend", variant="primary", elem_id="unc_blend")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="unc_stop")
+            tab.estimate_box()
             with gr.Accordion("Prior and decoder settings", open=False):
                 with gr.Row():
                     inp("prior_sampler", gr.Dropdown(samplers, value=d["prior_sampler"], label="Prior sampler",
