@@ -84,6 +84,32 @@ def engine_call(name: str, req, state=None, max_steps: int | None = None):
 gpu_engine_call = gpu(duration=call_seconds)(engine_call)
 
 
+class ZeroGPUFailure(RuntimeError):
+    """ZeroGPU refused or ended a call (quota, no free GPU, over time): one line for the page."""
+
+
+# ZeroGPU's own messages (spaces 0.5x) -> what the user can do about them
+_FAILURES = (
+    (("quota",), "Your ZeroGPU quota is used up for now (it refills over the day; signed-in and PRO users get "
+                 "more). A shorter run (fewer steps or iterations, a smaller batch) may still fit."),
+    (("no gpu", "not available", "unavailable"), "No GPU was free within a minute: the Space is busy. Press Run "
+                                                 "again in a moment."),
+    (("exceeding", "aborted", "duration"), "The GPU call ran out of its time and was ended. Try fewer steps or "
+                                           "iterations, or run it again."),
+)
+
+
+def failure_message(e: BaseException) -> str | None:
+    """The user's line for a ZeroGPU failure, or None when `e` is something else."""
+    text = str(e).lower()
+    if "gpu" not in text and "quota" not in text:
+        return None
+    for words, message in _FAILURES:
+        if any(w in text for w in words):
+            return message
+    return None
+
+
 def in_bounded_calls(call, name: str, req, should_stop, max_steps: int = CALL_STEPS):
     """The events of a run made of GPU calls of at most `max_steps` steps each (one call for an engine
     that cannot pause). Stop takes effect between calls: one more call ends the run where it stands."""
@@ -92,11 +118,17 @@ def in_bounded_calls(call, name: str, req, should_stop, max_steps: int = CALL_ST
     state = None
     while True:
         paused = None
-        for ev in call(name, req, state, max_steps):
-            if isinstance(ev, Pause):
-                paused = ev
-            else:
-                yield ev
+        try:
+            for ev in call(name, req, state, max_steps):
+                if isinstance(ev, Pause):
+                    paused = ev
+                else:
+                    yield ev
+        except Exception as e:          # ZeroGPU's refusals become one clear line; anything else as it is
+            message = failure_message(e)
+            if message is None:
+                raise
+            raise ZeroGPUFailure(message) from e
         if paused is None:
             return
         state = paused.state

@@ -106,3 +106,27 @@ def test_the_app_as_a_space_preloads_and_runs_in_bounded_calls(tmp_path):
     got = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
     assert any(k.startswith("vqgan:builtin") for k in got["loaded"]) and len(got["loaded"]) >= 6
     assert got["status"].startswith("**Done**") and got["done"] == 7
+
+
+@pytest.mark.parametrize("raised, says", [
+    ("You have exceeded your GPU quota (60s requested vs. 12s left).", "quota is used up"),
+    ("No GPU was available after 60s", "No GPU was free"),
+    ("GPU task aborted", "ran out of its time"),
+    ("ZeroGPU worker error: GPU task is exceeding its requested duration", "ran out of its time"),
+])
+def test_zerogpu_refusals_are_one_clear_line(served, raised, says):
+    def refusing(name, req, state, max_steps):
+        yield from ()
+        raise RuntimeError(raised)
+
+    with pytest.raises(zerogpu.ZeroGPUFailure, match=says):
+        list(zerogpu.in_bounded_calls(refusing, "vqgan_clip", _vqgan_clip(), lambda: False))
+
+
+def test_other_errors_pass_through(served):
+    def broken(name, req, state, max_steps):
+        yield from ()
+        raise KeyError("something else")
+
+    with pytest.raises(KeyError):
+        list(zerogpu.in_bounded_calls(broken, "vqgan_clip", _vqgan_clip(), lambda: False))

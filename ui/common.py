@@ -14,6 +14,7 @@ import gradio as gr
 
 from pipelines.presets import is_offline_capable
 from pipelines.registry import DeviceOutOfMemory, ModelUnavailable
+from pipelines.zerogpu import ZeroGPUFailure
 
 # small built-in images stay crisp when the browser enlarges them; single images (.pixelated) are
 # also shown at least 256 px wide, while gallery thumbnails (.crisp) keep the size of their cell
@@ -131,7 +132,8 @@ def user_error(e: Exception) -> gr.Error:
     return gr.Error(str(e).strip() or type(e).__name__, duration=None)
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, ModelUnavailable, DeviceOutOfMemory)  # bad input, weights, network, memory
+# bad input, weights, network, memory, ZeroGPU's refusals
+USER_ERRORS = (ValueError, FileNotFoundError, ModelUnavailable, DeviceOutOfMemory, ZeroGPUFailure)
 
 
 def loading_note(registry, preset, roles) -> str | None:
