@@ -69,6 +69,12 @@ def test_an_engine_that_cannot_pause_runs_in_one_call(served):
     assert len(worker.calls) == 1 and isinstance(events[-1], Final) and events[-1].meta["steps_done"] == 3
 
 
+def test_the_gpu_decorator_is_the_spaces_package_s_and_a_no_op_off_zerogpu():
+    import spaces
+
+    assert zerogpu.spaces is spaces and zerogpu.gpu_engine_call is zerogpu.engine_call
+
+
 def test_a_call_asks_for_its_share_of_the_run_s_gpu_time():
     req = _vqgan_clip(iterations=1000)
     whole = zerogpu.call_seconds("vqgan_clip", req)
