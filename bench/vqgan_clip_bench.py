@@ -14,7 +14,7 @@ fed to the in-memory H.264 writer; its CLIP pass (`pipelines.models.clip._image_
 runs the vision tower's last layer for the class token only, fuses each layer's query, key
 and value projections and turns quick-GELU into a fused SiLU, where the reference runs
 transformers' `get_image_features` on every token; its Af/Pe augmentations are one
-resampling (`pipelines.vqgan_clip_ops.WarpAugment`).
+resampling (`pipelines.vqgan_clip_cutouts.WarpAugment`).
 
 Cases:
   shapes    the built-in shapes preset (32 px, the committed weights)

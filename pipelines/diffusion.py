@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from pipelines import __version__, media
-from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised
+from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised, watched
 from pipelines.engine import Engine
 from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
@@ -192,13 +192,10 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
         cadence.took(s.i, time.perf_counter() - t_preview)
         return {"x_t": media.row(shown_t), "x0_pred": media.row(shown_0)}
 
-    for s in denoise(model, scheduler, x, text_emb, null_emb, req.guidance, gen, req.eta, start):
+    steps = denoise(model, scheduler, x, text_emb, null_emb, req.guidance, gen, req.eta, start)
+    for s, ev in watched(steps, total, cadence, step, preview, should_stop):
         x, x0_pred, done = s.x_next, s.x0_pred, s.i + 1
-        yield step(s, preview(s) if cadence.due(s.i) else {})
-        if should_stop():
-            if cadence.every and done < total:      # the picture Stop keeps, as the last preview
-                yield step(s, preview(s, last=True))
-            break
+        yield ev
 
     # 5. the pictures: the finished sample, or on Stop the last clean estimate
     stopped = done < total

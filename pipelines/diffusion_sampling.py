@@ -112,3 +112,15 @@ def noised(scheduler, z0: torch.Tensor, noise: torch.Tensor, start: int) -> torc
     if start >= scheduler.num_inference_steps:
         return z0
     return scheduler.add_noise(z0, noise, scheduler.timesteps[start:start + 1].repeat(len(z0)))
+
+
+def watched(steps: Iterator[SamplerStep], total: int, cadence, make_step, make_preview, should_stop):
+    """A sampler loop as every denoising engine shows it: for each step, `make_step(s, previews)` with
+    `make_preview(s)` when the cadence says so (events.PreviewCadence); on Stop one more step event
+    previewing what the run keeps (`make_preview(s, last=True)`). Yields (sampler step, event)."""
+    for s in steps:
+        yield s, make_step(s, make_preview(s) if cadence.due(s.i) else {})
+        if should_stop():
+            if cadence.every and s.i + 1 < total:      # the picture Stop keeps, as the last preview
+                yield s, make_step(s, make_preview(s, last=True))
+            break

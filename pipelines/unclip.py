@@ -42,7 +42,7 @@ from PIL import Image
 import shapes
 from pipelines import __version__, media
 from pipelines.diffusion import side_by_side, trajectory_strip
-from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised
+from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised, watched
 from pipelines.engine import Engine
 from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.models import unclip as unclip_models
@@ -289,13 +289,10 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
         cadence.took(s.i, time.perf_counter() - t_preview)
         return {"x_t": _show(shown_t), "x0_pred": _show(shown_0)}
 
-    for s in denoise(dec, scheduler, x, cond.to(dtype), null.to(dtype), req.guidance, gen, start=start):
+    steps = denoise(dec, scheduler, x, cond.to(dtype), null.to(dtype), req.guidance, gen, start=start)
+    for s, ev in watched(steps, total, cadence, step, preview, should_stop):
         x, x0, done = s.x_next, s.x0_pred, s.i + 1
-        yield step(s, preview(s) if cadence.due(s.i) else {})
-        if should_stop():
-            if cadence.every and done < total:      # the picture Stop keeps, as the last preview
-                yield step(s, preview(s, last=True))
-            break
+        yield ev
     out["done"], out["total"] = done, total
     if "x" not in out:                          # no last preview decoded it already
         with torch.no_grad():
