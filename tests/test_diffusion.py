@@ -183,15 +183,19 @@ def test_image_to_image_keeps_the_init_at_low_strength(parts):
     assert low[-1].meta["settings"]["init_image"] == media.image_digest(init)
 
 
-def test_stop_keeps_the_clean_estimate(parts):
+def _stop_after(n: int):
+    """A Stop pressed after the engine's n-th check."""
     calls = {"n": 0}
 
     def stop():
         calls["n"] += 1
-        return calls["n"] >= 2
+        return calls["n"] >= n
+    return stop
 
+
+def test_stop_keeps_the_clean_estimate(parts):
     req = engine.DiffusionRequest(prompt="a red circle", steps=20, preview_every=0)
-    final = generate(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", stop))
+    final = generate(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", _stop_after(2)))
     assert final.stopped and final.meta["steps_done"] == 2 and final.meta["stopped"]
     assert final.images[0].size == (32, 32)
 
@@ -368,14 +372,8 @@ def test_previews_are_pictures_and_the_last_one_is_the_result(parts):
 
 
 def test_a_stopped_run_previews_the_picture_it_keeps(parts):
-    calls = {"n": 0}
-
-    def stop():
-        calls["n"] += 1
-        return calls["n"] >= 4
-
     req = engine.DiffusionRequest(prompt="a red circle", steps=25, preview_every=10)
-    evs = list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", stop))
+    evs = list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", _stop_after(4)))
     final, last = evs[-1], [e for e in evs if isinstance(e, Step) and e.previews][-1]
     assert final.stopped and final.meta["steps_done"] == 4 and last.step == 4
     assert np.array_equal(np.asarray(last.previews["x0_pred"]), np.asarray(final.images[0]))
