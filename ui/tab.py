@@ -82,6 +82,8 @@ class Tab:
         self.defaults = engine.defaults(self.first)    # the widgets' first values
         self.inputs: dict[str, Any] = {}               # widgets by name (request fields, or the tab's own)
         self.outputs: dict[str, Any] = {}
+        self.estimate = None                           # the "About N s" line, once `estimate_box` made it
+        self._estimated = False                        # whether a run button keeps it up to date yet
 
     # --- declaring widgets ---
     def input(self, name: str, widget):
@@ -255,8 +257,8 @@ class Tab:
             yield from follow_new_run(self.runs, self.name, outputs, status, make, client_id, request)
 
         _with_signature(handler, [*fields, "fps", "client_id"])
-        if getattr(self, "estimate", None) is not None and not getattr(self, "_estimating", False):
-            self._estimating = True         # the tab's first run button keeps the estimate up to date
+        if self.estimate is not None and not self._estimated:
+            self._estimated = True          # the tab's first run button keeps the estimate up to date
             plain = [n for n in fields if not isinstance(self.inputs[n], gr.File)]
             for n in plain:
                 self.inputs[n].change(lambda *v: self._say_estimate(dict(zip(plain, v))),
