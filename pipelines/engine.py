@@ -81,7 +81,7 @@ class Engine:
     settings: Callable[[Any], dict] = plain_settings             # request -> JSON for the metadata
     work: Callable[[Any], float] = lambda req: 1.0               # units of work a request asks for (steps x pictures)
     cost: tuple[float, float] = (0.0, 1.0)   # measured here: set-up seconds, seconds per unit (pipelines/estimate.py)
-    resumable: bool = False              # run(..., resume=state, max_steps=n) pauses and continues (events.Pause)
+    pausable: bool = False               # run(..., resume=state, max_steps=n) pauses and continues (events.Pause)
     fps: int = 10                        # the video's default frame rate
 
     # --- presets ---

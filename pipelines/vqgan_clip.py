@@ -359,5 +359,5 @@ ENGINE_SPEC = Engine(
     # an iteration: decode, cutouts, CLIP; its cost grows with the picture's area and the cutouts
     work=lambda req: req.iterations * max(1.0, req.width * req.height / 1024) * max(1.0, req.cutn / 16),
     cost=(0.04, 0.031),       # measured: shapes preset, one CPU thread (pipelines/estimate.py)
-    resumable=True,
+    pausable=True,
     fps=10)

@@ -39,7 +39,7 @@ def gpu(fn: Callable | None = None, **kwargs: Any) -> Callable:
 # as a global that the fork inherited. A long run is a chain of bounded calls: each ends
 # in a `Pause` whose state the server keeps and hands to the next call.
 
-CALL_STEPS = int(os.environ.get("ATELIER_GPU_CALL_STEPS", "100"))   # steps of a resumable engine per GPU call
+CALL_STEPS = int(os.environ.get("ATELIER_GPU_CALL_STEPS", "100"))   # steps of a pausable engine per GPU call
 _registry = None
 
 
@@ -75,7 +75,7 @@ def engine_call(name: str, req, state=None, max_steps: int | None = None):
     from pipelines.events import never_stop
 
     engine = ENGINES[name]
-    if engine.resumable:
+    if engine.pausable:
         yield from engine.run(req, _registry, never_stop, resume=state, max_steps=max_steps)
     else:
         yield from engine.run(req, _registry, never_stop)
