@@ -110,28 +110,40 @@ def failure_message(e: BaseException) -> str | None:
     return None
 
 
-def in_bounded_calls(call, name: str, req, should_stop, max_steps: int = CALL_STEPS):
-    """The events of a run made of GPU calls of at most `max_steps` steps each (one call for an engine
-    that cannot pause). Stop takes effect between calls: one more call ends the run where it stands."""
-    from pipelines.events import Pause
+class BoundedRun:
+    """A run made of GPU calls of at most `max_steps` steps each (one call for an engine that cannot
+    pause), iterated for its events. Stop takes effect between calls: one more call ends the run
+    where it stands. `state` and `step` say where it stands after its last pause, so a run that
+    ZeroGPU refused, or whose page went away, can go on later from there: `BoundedRun(..., state=...)`."""
 
-    state = None
-    while True:
-        paused = None
-        try:
-            for ev in call(name, req, state, max_steps):
-                if isinstance(ev, Pause):
-                    paused = ev
-                else:
-                    yield ev
-        except Exception as e:          # ZeroGPU's refusals become one clear line; anything else as it is
-            message = failure_message(e)
-            if message is None:
-                raise
-            raise ZeroGPUFailure(message) from e
-        if paused is None:
-            return
-        state = paused.state
-        if should_stop():
-            yield from call(name, req, state, 0)
-            return
+    def __init__(self, call, name: str, req, should_stop, max_steps: int = CALL_STEPS, state=None, step: int = 0):
+        self.call, self.name, self.req, self.should_stop, self.max_steps = call, name, req, should_stop, max_steps
+        self.state, self.step = state, step
+
+    def __iter__(self):
+        from pipelines.events import Pause
+
+        while True:
+            paused = None
+            try:
+                for ev in self.call(self.name, self.req, self.state, self.max_steps):
+                    if isinstance(ev, Pause):
+                        paused = ev
+                    else:
+                        yield ev
+            except Exception as e:          # ZeroGPU's refusals become one clear line; anything else as it is
+                message = failure_message(e)
+                if message is None:
+                    raise
+                raise ZeroGPUFailure(message) from e
+            if paused is None:
+                return
+            self.state, self.step = paused.state, paused.step
+            if self.should_stop():
+                yield from self.call(self.name, self.req, self.state, 0)
+                return
+
+
+def in_bounded_calls(call, name: str, req, should_stop, max_steps: int = CALL_STEPS):
+    """The events of a `BoundedRun` from its start."""
+    return iter(BoundedRun(call, name, req, should_stop, max_steps))

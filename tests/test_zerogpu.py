@@ -136,3 +136,93 @@ def test_other_errors_pass_through(served):
 
     with pytest.raises(KeyError):
         list(zerogpu.in_bounded_calls(broken, "vqgan_clip", _vqgan_clip(), lambda: False))
+
+
+class RefusingOnce(ForkedWorker):
+    """The worker double, with ZeroGPU refusing the call number `at` (from 1) once."""
+
+    def __init__(self, fn, at: int):
+        super().__init__(fn)
+        self.at = at
+
+    def __call__(self, *args):
+        if len(self.calls) + 1 == self.at and self.at:
+            self.at = 0
+            self.calls.append("refused")
+            raise RuntimeError("You have exceeded your GPU quota (60s requested vs. 12s left).")
+        yield from super().__call__(*args)
+
+
+def test_a_refused_run_continues_from_its_last_pause_to_the_same_picture(served):
+    req = _vqgan_clip()
+    whole = generate(ENGINES["vqgan_clip"].run(req, served))
+    worker = RefusingOnce(zerogpu.engine_call, at=2)
+    run = zerogpu.BoundedRun(worker, "vqgan_clip", req, lambda: False, max_steps=4)
+    with pytest.raises(zerogpu.ZeroGPUFailure, match="quota"):
+        list(run)
+    assert run.step == 4 and run.state is not None
+    rest = list(zerogpu.BoundedRun(worker, "vqgan_clip", req, lambda: False, max_steps=4, state=run.state,
+                                   step=run.step))
+    assert worker.calls == [4, "refused", 4, 4]
+    assert [e.step for e in rest if isinstance(e, Step)] == list(range(5, 13))
+    assert np.array_equal(_pixels(rest[-1]), _pixels(whole)) and rest[-1].meta["iterations_done"] == 12
+
+
+SPACE_CONTINUE = """
+import json
+import numpy as np
+import imageio
+from PIL import Image
+import app
+import ui.tab
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from pipelines import zerogpu
+from pipelines.engines import ENGINES
+from pipelines.events import generate
+from tests.conftest import QUICK, api_args, free_port, outputs_of
+from tests.test_zerogpu import RefusingOnce
+
+ui.tab.gpu_engine_call = RefusingOnce(zerogpu.engine_call, at=2)     # ZeroGPU refuses the second call
+app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.LAUNCH)
+client, browser, out = Client(app.demo.local_url, verbose=False), "c0ffee00c0ffee00", outputs_of("vqgan_clip")
+kw = {**QUICK["vqgan_clip"], "iterations": 7, "preview_every": 1, "precision": "float32", "seed": 4}
+args = api_args("vqgan_clip", prompt="a red circle", **kw)
+try:
+    client.predict(*args, browser, api_name="/vqgan_clip")
+    refused = ""
+except AppError as e:
+    refused = str(e)
+paused = client.predict(browser, api_name="/vqgan_clip_resume")
+final = client.predict(args[-1], browser, api_name="/vqgan_clip_continue")
+png = [f for f in final[out["files"]] if f.endswith(".png") and Image.open(f).size == (32, 32)][0]
+from pipelines import media
+req = ENGINES["vqgan_clip"].request_from_settings(media.read_meta(png)["settings"])     # the run's own settings
+whole = np.asarray(generate(ENGINES["vqgan_clip"].run(req, app.registry)).images[0])
+frames = imageio.get_reader(final[out["video"]]).count_frames()
+print(json.dumps({"refused": refused, "paused": paused[out["status"]], "status": final[out["status"]],
+                  "done": final[out["settings"]]["iterations_done"], "frames": frames,
+                  "same": bool(np.array_equal(np.asarray(Image.open(png).convert("RGB")), whole))}))
+app.demo.close()
+"""
+
+
+def test_on_a_space_a_refused_run_continues_with_its_video_whole(tmp_path):
+    """The app with a Space's environment; ZeroGPU refuses the run's second call. The page says so and
+    keeps the run; a reload shows where it stands; Continue finishes it: the picture of an unbroken
+    run, and a video of all its previews."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SPACE_ID": "atelier/test", "SYSTEM": "spaces", "ATELIER_GPU_CALL_STEPS": "3",
+           "ATELIER_OUTPUT_DIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", SPACE_CONTINUE], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
+    assert "quota" in got["refused"] and "press Continue" in got["refused"]
+    assert got["paused"].startswith("**Paused** at step 3")
+    assert got["status"].startswith("**Done**") and got["done"] == 7 and got["same"]
+    assert got["frames"] >= 7          # every preview of both parts

@@ -112,21 +112,6 @@ def stop_handler(runs, tab: str):
     return stop
 
 
-def resumable(runs, tab: str, outputs: list, client: gr.Textbox) -> None:
-    """On page load, show the browser's run in this tab again (going: live; finished: its result).
-
-    Also an API endpoint, ``/<tab>_resume``, for clients that pass their own ``client_id``.
-    """
-
-    def resume(client_id, request: gr.Request):
-        run = runs.current(owner_of(client_id, request), tab)
-        if run is None or (run.done and run.error is not None):
-            return
-        yield from run.follow()
-
-    runs.resumers.append((resume, [client], outputs, f"{tab}_resume"))
-
-
 def user_error(e: Exception) -> gr.Error:
     """A clear one-line message in the page; the server and other runs carry on."""
     return gr.Error(str(e).strip() or type(e).__name__, duration=None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import gradio as gr
@@ -35,8 +36,8 @@ from pipelines.estimate import ESTIMATES, human
 from pipelines.events import Final, Step
 from pipelines.presets import list_presets, load_preset
 from pipelines.recorder import Recorder, Recording
-from pipelines.zerogpu import ON_SPACES, gpu_engine_call, in_bounded_calls
-from ui.common import USER_ERRORS, Throttle, follow_new_run, loading_note, output_dir, resumable, stop_handler, \
+from pipelines.zerogpu import ON_SPACES, BoundedRun, ZeroGPUFailure, gpu_engine_call
+from ui.common import USER_ERRORS, Throttle, follow_new_run, loading_note, output_dir, owner_of, stop_handler, \
     user_error
 
 
@@ -62,6 +63,15 @@ def step_status(ev: Step, unit: str = "Step") -> str:
     return f"**{stage} {ev.step}/{ev.total}**{t}{loss} · {rate:.1f} {unit.lower()}s/s · {ev.elapsed_s:.1f} s{auto}"
 
 
+@dataclass
+class Paused:
+    """A run kept to continue: its request, where its GPU calls stopped, and its recorder (video still open)."""
+    req: Any
+    state: Any
+    step: int
+    recorder: Recorder
+
+
 def _with_signature(fn: Callable, names: Iterable[str]) -> Callable:
     """Give `fn(*values)` a signature of one parameter per input plus a last `request: gr.Request`,
     as Gradio reads it: Gradio then passes the request as the last positional value."""
@@ -83,6 +93,7 @@ class Tab:
         self.inputs: dict[str, Any] = {}               # widgets by name (request fields, or the tab's own)
         self.outputs: dict[str, Any] = {}
         self.estimate = None                           # the "About N s" line, once `estimate_box` made it
+        self.paused: dict[str, Paused] = {}            # owner -> a run ZeroGPU refused or its page left, to continue
         self._estimated = False                        # whether a run button keeps it up to date yet
 
     # --- declaring widgets ---
@@ -193,27 +204,38 @@ class Tab:
     def _tuple(self, values: Mapping[str, Any]) -> tuple:
         return tuple(values.get(n, gr.skip()) for n in self.output_names)
 
-    def updates(self, make_request: Callable[[], Any], fps_value, should_stop, show: Callable, finish: Callable):
+    def updates(self, make_request: Callable[[], Any], fps_value, should_stop, show: Callable, finish: Callable,
+                owner: str | None = None, paused: "Paused | None" = None):
         """Engine events -> widget updates (runs in the store's worker thread, see ui/runs.py).
 
         `show(req, step, first)` maps a Step's previews to widgets (`first` until the page got an
         update of this run); `finish(req, final, recording)` fills the result's own widgets and the
         status after "Done"/"Stopped". Files, video, strip and settings are filled here.
+
+        On a ZeroGPU Space the engine runs in GPU calls, a long run in bounded ones. When ZeroGPU
+        refuses a call, or the page goes away, a run that has paused at least once is kept for
+        `owner` (`paused` continues it: the same request, state and recorder, so the video covers
+        the whole run).
         """
-        recorder = None
+        recorder, bounded = None, None
         try:
-            req = make_request()
-            preset = load_preset(req.preset)
-            note = loading_note(self.registry, preset, self.engine.components(preset))
-            if note:
-                yield self._tuple({"status": note})
-            # on a ZeroGPU Space the engine runs in GPU calls (a long run in bounded ones); elsewhere in this thread
-            events = (in_bounded_calls(gpu_engine_call, self.name, req, should_stop) if ON_SPACES
-                      else self.engine.run(req, self.registry, should_stop))
+            req = make_request() if paused is None else paused.req
+            if paused is None:
+                preset = load_preset(req.preset)
+                note = loading_note(self.registry, preset, self.engine.components(preset))
+                if note:
+                    yield self._tuple({"status": note})
+            if ON_SPACES:
+                state, step = (paused.state, paused.step) if paused else (None, 0)
+                bounded = BoundedRun(gpu_engine_call, self.name, req, should_stop, state=state, step=step)
+                events = iter(bounded)
+            else:
+                events = self.engine.run(req, self.registry, should_stop)
             estimate = ESTIMATES.seconds(self.engine, req, self.registry.device)
             ev = next(events)  # validation and model loading happen here: errors surface before any output
-            recorder = Recorder(self.engine, req, output_dir(), getattr(req, "prompt", "") or self.name,
-                                fps=int(fps_value))
+            recorder = paused.recorder if paused else Recorder(self.engine, req, output_dir(),
+                                                               getattr(req, "prompt", "") or self.name,
+                                                               fps=int(fps_value))
             throttle = Throttle(0.15)
             first = True
             while not isinstance(ev, Final):
@@ -236,11 +258,27 @@ class Tab:
             if not ev.stopped and "seconds" in ev.meta:        # the next estimate follows this machine
                 ESTIMATES.observe(self.engine, req, self.registry.device, float(ev.meta["seconds"]))
             yield self._tuple(values)
+        except ZeroGPUFailure as e:
+            if self._keep(owner, req, bounded, recorder):
+                recorder = None
+                e = ZeroGPUFailure(f"{e} The run is kept at step {bounded.step}: press Continue to go on.")
+            raise user_error(e) from None
+        except GeneratorExit:          # the page went away (a Space's runs belong to their page)
+            if self._keep(owner, req, bounded, recorder):
+                recorder = None
+            raise
         except USER_ERRORS as e:
             raise user_error(e) from None
         finally:
             if recorder is not None:  # error or server shutdown: drop the unfinished video
                 recorder.abort()
+
+    def _keep(self, owner, req, bounded, recorder) -> bool:
+        """Keep a run that paused at least once, to continue later; whether it was kept."""
+        if owner is None or bounded is None or bounded.state is None or recorder is None:
+            return False
+        self.paused[owner] = Paused(req, bounded.state, bounded.step, recorder)
+        return True
 
     def run_button(self, button, api_name: str, fields: list[str], make_request: Callable[[dict], Any],
                    show: Callable = lambda req, ev, first: None,
@@ -252,9 +290,13 @@ class Tab:
         def handler(*values):
             *named_values, fps_value, client_id, request = values
             named = dict(zip(fields, named_values))
+            owner = owner_of(client_id, request)
+            self.paused.pop(owner, None)     # a new run replaces a paused one
             make = lambda should_stop: self.updates(lambda: make_request(named), fps_value,  # noqa: E731
-                                                    should_stop, show, finish)
+                                                    should_stop, show, finish, owner)
             yield from follow_new_run(self.runs, self.name, outputs, status, make, client_id, request)
+
+        self._show, self._finish = show, finish   # the first run button's, for Continue
 
         _with_signature(handler, [*fields, "fps", "client_id"])
         if self.estimate is not None and not self._estimated:
@@ -285,9 +327,43 @@ class Tab:
         outputs = [self.outputs[n] for n in self.output_names]
         stop_button.click(stop_handler(self.runs, self.name), [self.runs.client], None, api_name=f"{self.name}_stop",
                           queue=False)
-        resumable(self.runs, self.name, outputs, self.runs.client)
+        self._wire_resume(outputs)
+        if self.engine.pausable:
+            self._wire_continue(outputs)
         self._wire_load(load, images_named)
         self._wire_preset(list(preset_fields), preset_extra, list(preset_extra_outputs))
+
+    def _wire_resume(self, outputs: list) -> None:
+        """On page load: the browser's run in this tab again (going: live; finished: its result), or where
+        a paused run stands. Also `/<tab>_resume` for clients that pass their own id."""
+        def resume(client_id, request: gr.Request):
+            owner = owner_of(client_id, request)
+            run = self.runs.current(owner, self.name)
+            if run is not None and not (run.done and run.error is not None):
+                yield from run.follow()
+            elif owner in self.paused:
+                yield self._tuple({"status": f"**Paused** at step {self.paused[owner].step}: press Continue "
+                                             "to go on."})
+
+        self.runs.resumers.append((resume, [self.runs.client], outputs, f"{self.name}_resume"))
+
+    def _wire_continue(self, outputs: list) -> None:
+        """Continue: a run ZeroGPU refused or whose page went away goes on from its last pause
+        (`/<tab>_continue`); shown on a Space, where runs are made of GPU calls."""
+        button = gr.Button("Continue", variant="secondary", elem_id=f"{self.prefix}_continue", visible=ON_SPACES)
+
+        def go_on(fps_value, client_id, request: gr.Request):
+            owner = owner_of(client_id, request)
+            paused = self.paused.pop(owner, None)
+            if paused is None:
+                raise user_error(ValueError("There is no paused run to continue in this tab."))
+            make = lambda should_stop: self.updates(lambda: paused.req, fps_value, should_stop,  # noqa: E731
+                                                    self._show, self._finish, owner, paused)
+            yield from follow_new_run(self.runs, self.name, outputs, self.outputs["status"], make, client_id,
+                                      request)
+
+        button.click(go_on, [self.inputs["fps"], self.runs.client], outputs, api_name=f"{self.name}_continue",
+                     concurrency_limit=1, concurrency_id="engines")
 
     def _wire_load(self, load: list[tuple[str, str]], images_named: str) -> None:
         engine = self.engine
