@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -39,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import shapes
 from pipelines import __version__, media
 from pipelines.diffusion import side_by_side, trajectory_strip
 from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised, watched
 from pipelines.engine import Engine
-from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
+from pipelines.events import AUTO, Final, Pause, PreviewCadence, Step, StopCheck, never_stop
+from pipelines.captions import nearest_captions
 from pipelines.models import unclip as unclip_models
 from pipelines.presets import load_preset
 from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
@@ -140,49 +139,22 @@ def parts_from(models: dict):
     return unclip_models.UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"])
 
 
-def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
-    """The engine: validate, take the preset's models from the registry, then `sample`."""
+def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop, resume: "BlendState | None" = None,
+        max_steps: int | None = None) -> Iterator[Step | Final | Pause]:
+    """The engine: validate, take the preset's models from the registry, then `sample` (which see for
+    `resume` and `max_steps`: a long interpolation in bounded pieces)."""
     req = validate(req)
     preset = load_preset(req.preset)
     specs = ENGINE_SPEC.components(preset)
     with registry.use(*specs.values()) as models:
         info = {"preset": preset.name, "models": registry.describe(**specs)}   # by role: clip and unclip_clip may both be CLIPs
-        yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info)
+        yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info, resume,
+                          max_steps)
 
 
 # ---------------------------------------------------------------------------
-# Nearest captions: what the prior's embedding looks like to CLIP
+# Interpolation
 # ---------------------------------------------------------------------------
-
-_POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def caption_pool(seed: int = 0, n_two: int = 400) -> list[str]:
-    """Captions of the shapes grammar: every one-object caption with a size and/or position or a
-    background, plus n_two two-object captions (held-out pairs included: the pool only names)."""
-    out = []
-    for color in shapes.PALETTE:
-        for shape in shapes.SHAPES:
-            for size in ("", "small ", "large "):
-                for pos in ("", *(" " + p for p in shapes.POSITIONS)):
-                    out.append(f"a {size}{color} {shape}{pos}")
-            out += [f"a {color} {shape} on a {bg} background" for bg in shapes.PALETTE if bg != color]
-    rng = np.random.default_rng(seed)
-    out += [shapes.random_scene(rng, exclude=(), p_optional=0.5, p_two=1.0).caption() for _ in range(n_two)]
-    return list(dict.fromkeys(out))
-
-
-@torch.no_grad()
-def nearest_captions(parts, emb: torch.Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
-    """For each unit-norm embedding (N, D), its k nearest pool captions with cosine similarities."""
-    key = parts.pool_key
-    if key not in _POOLS:
-        pool = caption_pool()
-        _POOLS[key] = (pool, torch.cat([parts.text_embedding(pool[i:i + 256]) for i in range(0, len(pool), 256)]))
-    pool, pool_emb = _POOLS[key]
-    sims = F.normalize(emb.float(), dim=-1) @ pool_emb.to(emb.device).t()
-    top = sims.topk(k, dim=1)
-    return [[(pool[j], round(float(s), 3)) for s, j in zip(vals, idx)] for vals, idx in zip(top.values, top.indices)]
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -304,8 +276,25 @@ def _decoder_stage(req, parts, emb: torch.Tensor, prompts: list[str] | None, noi
 # ---------------------------------------------------------------------------
 
 
-def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_stop,
-           info: dict | None = None) -> Iterator[Step | Final]:
+@dataclass
+class BlendState:
+    """Where a paused interpolation stands (CPU data: it pickles): its two end embeddings, the prior's
+    report, the frames painted so far and the seconds spent."""
+    ends: torch.Tensor
+    prior: list | None
+    frames: list
+    seconds: float
+
+
+def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_stop, info: dict | None = None,
+           resume: BlendState | None = None, max_steps: int | None = None) -> Iterator[Step | Final | Pause]:
+    """The run over given models. An interpolation given `max_steps` (decoder steps x frames) paints
+    as many frames as fit, then yields a `Pause` whose state `resume` continues from (`max_steps=0`:
+    end where it stands); each frame comes from the same noise, so the pieces make the frames one
+    run makes. Other modes run whole."""
+    if req.mode == "interpolate" and (resume is not None or max_steps is not None):
+        yield from _blend_in_pieces(req, parts, device, should_stop, info, resume, max_steps)
+        return
     t0 = time.perf_counter()
     req = validate(req)
     # one generator per stage, so the decoder's noise is the same whether or not the prior ran first
@@ -330,20 +319,9 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
                 if req.strength < 1:
                     source = parts.encode([req.image]).to(dtype)
         else:
-            ends = [_end(req, "a"), _end(req, "b")]
-            texts = [v for k, v in ends if k == "text"]
-            by_text = {}
-            if texts:
-                prior_used = True
-                yield from _prior_stage(req, parts, texts, prior_gen, 2, t0, should_stop, state)
-                by_text = dict(zip(texts, state["emb"]))
-                meta["prior"] = state["prior"]
-            with torch.no_grad():
-                e = [by_text[v] if k == "text" else parts.image_embedding([v])[0] for k, v in ends]
-                if float(F.cosine_similarity(e[0], e[1], dim=0)) > 0.9999:
-                    raise ValueError("The two ends of the interpolation have the same embedding: there is "
-                                     "nothing to blend. Give two different prompts or images.")
-                emb = slerp(e[0], e[1], torch.linspace(0, 1, req.frames))
+            prior_used = any(k == "text" for k, _ in (_end(req, "a"), _end(req, "b")))
+            e = yield from _interpolation_ends(req, parts, prior_gen, t0, should_stop, state, meta)
+            emb = slerp(e[0], e[1], torch.linspace(0, 1, req.frames))
         # 2. the decoder, from one noise per picture (one shared noise for all interpolation frames)
         n_noise = 1 if req.mode == "interpolate" else len(emb)
         noise = torch.randn((n_noise, *parts.decoder.sample_shape), generator=gen).to(device, dtype)
@@ -369,16 +347,60 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
     yield Final(ENGINE, [media.to_pil(img) for img in state["x"].float().cpu()], meta, stopped=stopped)
 
 
-def interpolation_strip(images: list[Image.Image], max_columns: int = 16, gap: int = 2) -> Image.Image | None:
-    """The frames side by side (up to max_columns, evenly spaced, both ends included)."""
-    if not images:
-        return None
-    keep = sorted(set(np.linspace(0, len(images) - 1, min(max_columns, len(images))).round().astype(int)))
-    w, h = images[0].size
-    strip = Image.new("RGB", (len(keep) * (w + gap) - gap, h), (255, 255, 255))
-    for col, k in enumerate(keep):
-        strip.paste(images[k], (col * (w + gap), 0))
-    return strip
+def _interpolation_ends(req, parts, prior_gen, t0, should_stop, state: dict, meta: dict):
+    """The two ends' embeddings (2, D): prompts through the prior (its Steps yielded, its report in
+    meta), pictures through CLIP; refused when they are the same."""
+    ends = [_end(req, "a"), _end(req, "b")]
+    texts = [v for k, v in ends if k == "text"]
+    by_text = {}
+    if texts:
+        yield from _prior_stage(req, parts, texts, prior_gen, 2, t0, should_stop, state)
+        by_text = dict(zip(texts, state["emb"]))
+        meta["prior"] = state["prior"]
+    with torch.no_grad():
+        e = [by_text[v] if k == "text" else parts.image_embedding([v])[0] for k, v in ends]
+        if float(F.cosine_similarity(e[0], e[1], dim=0)) > 0.9999:
+            raise ValueError("The two ends of the interpolation have the same embedding: there is "
+                             "nothing to blend. Give two different prompts or images.")
+    return torch.stack(e)
+
+
+def _blend_in_pieces(req, parts, device, should_stop, info, resume, max_steps):
+    """An interpolation as `sample` runs it, a piece of its frames at a time (see `sample`)."""
+    t0 = time.perf_counter()
+    req = validate(req)
+    meta = {"engine": ENGINE, "app_version": __version__, **(info or {}), "settings": ENGINE_SPEC.settings(req),
+            "mode": req.mode, "device": str(device)}
+    if resume is None:          # the first piece finds the ends, as the whole run does
+        prior_gen = torch.Generator().manual_seed((req.seed + 1) % 2**63)
+        try:
+            ends = yield from _interpolation_ends(req, parts, prior_gen, t0, should_stop, {}, meta)
+        except _Stopped:
+            meta.update(stopped_in="prior", steps_done=0, steps_total=req.steps, stopped=True,
+                        seconds=round(time.perf_counter() - t0, 3))
+            yield Final(ENGINE, [], meta, stopped=True)
+            return
+        resume = BlendState(ends.cpu(), meta.get("prior"), [], 0.0)
+    gen = torch.Generator().manual_seed(req.seed)
+    dtype = next(parts.decoder.parameters()).dtype
+    noise = torch.randn((1, *parts.decoder.sample_shape), generator=gen).to(device, dtype)
+    emb = slerp(resume.ends[0], resume.ends[1], torch.linspace(0, 1, req.frames)).to(device)
+    frames, done = list(resume.frames), len(resume.frames)
+    n = req.frames - done if max_steps is None else min(req.frames - done, max(1, max_steps // req.steps))
+    state: dict = {}
+    if max_steps != 0 and n > 0:           # this piece's frames, from the one noise every frame shares
+        stages = 1 + int(resume.prior is not None)
+        yield from _decoder_stage(req, parts, emb[done:done + n], None, noise.expand(n, *noise.shape[1:]).contiguous(),
+                                  gen, stages - 1, stages, t0, should_stop, state)
+        frames += [np.asarray(media.to_pil(x)) for x in state["x"].float().cpu()]
+    seconds = resume.seconds + time.perf_counter() - t0
+    stopped = state.get("done", 0) < state.get("total", 0) or max_steps == 0
+    if len(frames) < req.frames and not stopped:
+        yield Pause(ENGINE, BlendState(resume.ends, resume.prior, frames, seconds), len(frames), req.frames)
+        return
+    meta.update(frames_done=len(frames), stopped=stopped, steps_done=state.get("done", 0), steps_total=req.steps,
+                seconds=round(seconds, 3), **({"prior": resume.prior} if resume.prior else {}))
+    yield Final(ENGINE, [Image.fromarray(f) for f in frames], meta, stopped=stopped)
 
 
 # ---------------------------------------------------------------------------
@@ -393,7 +415,7 @@ def _frame(req, previews) -> Image.Image | None:
 
 def _strip(req, previews, final) -> Image.Image | None:
     if req.mode == "interpolate":
-        return interpolation_strip(final.images)
+        return media.strip(final.images)
     return trajectory_strip([(p["x_t"], p["x0_pred"]) for p in previews if "x_t" in p])
 
 
@@ -416,6 +438,7 @@ ENGINE_SPEC = Engine(
     image_fields=("image", "image_b"),
     frame=_frame, strip=_strip,
     closing_frames=lambda req, final: final.images if req.mode == "interpolate" else (),
+    pausable=True,            # an interpolation, by frames (sample)
     work=_work,
     cost=(0.02, 0.0089),      # measured: shapes preset, one CPU thread (pipelines/estimate.py)
     fps=8)

@@ -161,7 +161,7 @@ def test_interpolation_shares_one_noise_and_its_ends_are_the_ends(tiny):
     # the first frame is the variation of the picture from the same noise
     alone = generate(engine.sample(_req(mode="interpolate", image=img, image_b=_circle(1), frames=2), tiny, CPU))
     assert np.array_equal(np.asarray(final.images[0]), np.asarray(alone.images[0]))
-    strip = engine.interpolation_strip(final.images)
+    strip = media.strip(final.images)
     assert strip.size == (5 * 32 + 4 * 2, 32)
 
 

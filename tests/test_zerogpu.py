@@ -226,3 +226,23 @@ def test_on_a_space_a_refused_run_continues_with_its_video_whole(tmp_path):
     assert got["paused"].startswith("**Paused** at step 3")
     assert got["status"].startswith("**Done**") and got["done"] == 7 and got["same"]
     assert got["frames"] >= 7          # every preview of both parts
+
+
+def test_a_long_interpolation_in_bounded_calls_makes_the_frames_of_one_run(served):
+    req = ENGINES["unclip"].make_request(None, mode="interpolate", prompt="a red circle", prompt_b="a blue star",
+                                         frames=6, steps=4, prior_steps=4, seed=2)
+    whole = generate(ENGINES["unclip"].run(req, served))
+    worker = ForkedWorker(zerogpu.engine_call)
+    events = list(zerogpu.in_bounded_calls(worker, "unclip", req, lambda: False, max_steps=8))   # 2 frames a call
+    final = events[-1]
+    assert worker.calls == [8, 8, 8] and isinstance(final, Final) and not final.stopped
+    assert len(final.images) == 6 and final.meta["prior"] == whole.meta["prior"]
+    for a, b in zip(final.images, whole.images):      # the same noise and embedding per frame
+        assert np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float)).max() <= 1
+
+
+def test_other_unclip_modes_run_whole_in_one_call(served):
+    req = ENGINES["unclip"].make_request(None, prompt="a red circle", steps=3, prior_steps=3, batch=2)
+    worker = ForkedWorker(zerogpu.engine_call)
+    events = list(zerogpu.in_bounded_calls(worker, "unclip", req, lambda: False, max_steps=1))
+    assert len(worker.calls) == 1 and len(events[-1].images) == 2 and events[-1].meta["steps_done"] == 3

@@ -1,8 +1,8 @@
 """Pixels in and out of Atelier: tensors to images, uploads, PNG metadata and mp4 videos.
 
 * :mod:`pipelines.media.pixels`: model output <-> pixels (:func:`to_uint8`, :func:`to_pil`,
-  :func:`row`, :func:`to_tensor`), any PIL mode to RGB, and resizing (:func:`enlarge`,
-  :func:`square`).
+  :func:`row`, :func:`to_tensor`), any PIL mode to RGB, resizing (:func:`enlarge`,
+  :func:`square`) and pictures side by side (:func:`strip`).
 * :mod:`pipelines.media.uploads`: :func:`load_image` checks an upload and makes it RGB, or
   raises :class:`ImageInputError` with a message for the user.
 * :mod:`pipelines.media.pngmeta`: :func:`save_png` / :func:`read_meta` keep a run's settings
@@ -18,6 +18,7 @@ from pipelines.media.pixels import (
     enlarge,
     row,
     square,
+    strip,
     to_pil,
     to_rgb,
     to_tensor,
@@ -47,6 +48,7 @@ __all__ = [
     "row",
     "save_png",
     "square",
+    "strip",
     "to_pil",
     "to_rgb",
     "to_tensor",

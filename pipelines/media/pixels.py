@@ -210,3 +210,15 @@ def square(img: Image.Image, side: int) -> Image.Image:
     s = min(w, h)
     box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
     return img.resize((side, side), Image.Resampling.LANCZOS, box=box)
+
+
+def strip(images: Sequence[Image.Image], max_columns: int = 16, gap: int = 2) -> Image.Image | None:
+    """Pictures side by side (up to max_columns, evenly spaced, both ends included), white gaps between."""
+    if not images:
+        return None
+    keep = sorted(set(np.linspace(0, len(images) - 1, min(max_columns, len(images))).round().astype(int)))
+    w, h = images[0].size
+    out = Image.new("RGB", (len(keep) * (w + gap) - gap, h), (255, 255, 255))
+    for col, k in enumerate(keep):
+        out.paste(images[k], (col * (w + gap), 0))
+    return out
