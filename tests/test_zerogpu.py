@@ -81,6 +81,21 @@ def test_a_call_asks_for_its_share_of_the_run_s_gpu_time():
     assert zerogpu.call_seconds("vqgan_clip", req, None, 100) < whole <= 300
 
 
+def _as_a_space(script: str, tmp_path) -> dict:
+    """Run `script` in a fresh Python with a Space's environment (GPU calls of 3 steps); the JSON it prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SPACE_ID": "atelier/test", "SYSTEM": "spaces", "ATELIER_GPU_CALL_STEPS": "3",
+           "ATELIER_OUTPUT_DIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
+
+
 SPACE_RUN = """
 import json, os
 import app
@@ -99,17 +114,7 @@ app.demo.close()
 def test_the_app_as_a_space_preloads_and_runs_in_bounded_calls(tmp_path):
     """With a Space's environment: the default preset's models load at import, and a run goes through
     the GPU-call path (here with no `spaces` package, so the decorator is a no-op) in pieces of 3 steps."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "SPACE_ID": "atelier/test", "SYSTEM": "spaces", "ATELIER_GPU_CALL_STEPS": "3",
-           "ATELIER_OUTPUT_DIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", SPACE_RUN], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
+    got = _as_a_space(SPACE_RUN, tmp_path)
     assert any(k.startswith("vqgan:builtin") for k in got["loaded"]) and len(got["loaded"]) >= 6
     assert got["status"].startswith("**Done**") and got["done"] == 7
 
@@ -211,17 +216,7 @@ def test_on_a_space_a_refused_run_continues_with_its_video_whole(tmp_path):
     """The app with a Space's environment; ZeroGPU refuses the run's second call. The page says so and
     keeps the run; a reload shows where it stands; Continue finishes it: the picture of an unbroken
     run, and a video of all its previews."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "SPACE_ID": "atelier/test", "SYSTEM": "spaces", "ATELIER_GPU_CALL_STEPS": "3",
-           "ATELIER_OUTPUT_DIR": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run([sys.executable, "-c", SPACE_CONTINUE], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(next(line for line in res.stdout.splitlines() if line.startswith("{")))
+    got = _as_a_space(SPACE_CONTINUE, tmp_path)
     assert "quota" in got["refused"] and "press Continue" in got["refused"]
     assert got["paused"].startswith("**Paused** at step 3")
     assert got["status"].startswith("**Done**") and got["done"] == 7 and got["same"]
