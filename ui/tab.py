@@ -65,11 +65,14 @@ def step_status(ev: Step, unit: str = "Step") -> str:
 
 @dataclass
 class Paused:
-    """A run kept to continue: its request, where its GPU calls stopped, and its recorder (video still open)."""
+    """A run kept to continue: its request, where its GPU calls stopped, its recorder (video still open),
+    and how its tab shows it (the `show`/`finish` of the button that started it)."""
     req: Any
     state: Any
     step: int
     recorder: Recorder
+    show: Callable
+    finish: Callable
 
 
 def _with_signature(fn: Callable, names: Iterable[str]) -> Callable:
@@ -259,12 +262,12 @@ class Tab:
                 ESTIMATES.observe(self.engine, req, self.registry.device, float(ev.meta["seconds"]))
             yield self._tuple(values)
         except ZeroGPUFailure as e:
-            if self._keep(owner, req, bounded, recorder):
+            if self._keep(owner, req, bounded, recorder, show, finish):
                 recorder = None
                 e = ZeroGPUFailure(f"{e} The run is kept at step {bounded.step}: press Continue to go on.")
             raise user_error(e) from None
         except GeneratorExit:          # the page went away (a Space's runs belong to their page)
-            if self._keep(owner, req, bounded, recorder):
+            if self._keep(owner, req, bounded, recorder, show, finish):
                 recorder = None
             raise
         except USER_ERRORS as e:
@@ -273,11 +276,11 @@ class Tab:
             if recorder is not None:  # error or server shutdown: drop the unfinished video
                 recorder.abort()
 
-    def _keep(self, owner, req, bounded, recorder) -> bool:
+    def _keep(self, owner, req, bounded, recorder, show, finish) -> bool:
         """Keep a run that paused at least once, to continue later; whether it was kept."""
         if owner is None or bounded is None or bounded.state is None or recorder is None:
             return False
-        self.paused[owner] = Paused(req, bounded.state, bounded.step, recorder)
+        self.paused[owner] = Paused(req, bounded.state, bounded.step, recorder, show, finish)
         return True
 
     def run_button(self, button, api_name: str, fields: list[str], make_request: Callable[[dict], Any],
@@ -296,7 +299,6 @@ class Tab:
                                                     should_stop, show, finish, owner)
             yield from follow_new_run(self.runs, self.name, outputs, status, make, client_id, request)
 
-        self._show, self._finish = show, finish   # the first run button's, for Continue
 
         _with_signature(handler, [*fields, "fps", "client_id"])
         if self.estimate is not None and not self._estimated:
@@ -358,7 +360,7 @@ class Tab:
             if paused is None:
                 raise user_error(ValueError("There is no paused run to continue in this tab."))
             make = lambda should_stop: self.updates(lambda: paused.req, fps_value, should_stop,  # noqa: E731
-                                                    self._show, self._finish, owner, paused)
+                                                    paused.show, paused.finish, owner, paused)
             yield from follow_new_run(self.runs, self.name, outputs, self.outputs["status"], make, client_id,
                                       request)
 
