@@ -39,12 +39,13 @@ from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_
 from pipelines.engine import Engine
 from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
-from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
+from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, squarish
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
 
 ENGINE = "diffusion"
+PRECISIONS = ("auto", "float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class DiffusionRequest:
     init_image: Image.Image | None = None
     strength: float = 0.75                # image to image: share of the schedule run from the noised init
     preview_every: int = 5                # 0 = no previews (and no video frames); -1 (AUTO): under 10 % of the run
+    width: int = 0                        # 0: the model's own size; Stable Diffusion takes multiples of 8
+    height: int = 0
+    precision: str = "auto"               # "auto": float16 on a GPU for models that allow it, else float32
 
     def replace(self, **kw) -> "DiffusionRequest":
         return dataclasses.replace(self, **kw)
@@ -73,7 +77,18 @@ def validate(req: DiffusionRequest) -> DiffusionRequest:
     if not isinstance(req.prompt, str) or not isinstance(req.negative_prompt, str):
         raise ValueError("Prompt and negative prompt must be text.")
     squarish(req.init_image, "init image")
+    if req.precision not in PRECISIONS:
+        raise ValueError(f"Precision must be one of {', '.join(PRECISIONS)} (got {req.precision!r}).")
+    for name, side in (("Width", req.width), ("Height", req.height)):
+        try:
+            v = _number(name, side or 0, 0, MAX_SIDE, integer=True)
+        except ValueError:
+            v = -1
+        if v != 0 and not 64 <= v <= MAX_SIDE:
+            raise ValueError(f"{name} must be 0 (the model's size) or a whole number from 64 to {MAX_SIDE} "
+                             f"(got {side!r}).")
     return req.replace(
+        width=int(req.width or 0), height=int(req.height or 0),
         steps=_number("Steps", req.steps, 1, MAX_STEPS, integer=True),
         guidance=_number("Guidance scale", req.guidance, 0, MAX_GUIDANCE),
         eta=_number("Eta", req.eta, 0, 1),
@@ -92,7 +107,7 @@ def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) ->
         parts = dict(zip(specs, models))
         info = {"preset": preset.name, "models": registry.describe(*specs.values())}
         yield from sample(req, parts["diffusion"], parts.get("vqgan"), parts.get("clip"), registry.device,
-                          should_stop, info)
+                          should_stop, info, taesd=parts.get("taesd"))
 
 
 # ---------------------------------------------------------------------------
@@ -102,25 +117,39 @@ def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) ->
 
 def _encode(model, vqgan, x: torch.Tensor) -> torch.Tensor:
     """Image in [-1, 1] -> the space the model denoises in."""
+    if _self_contained(model):
+        return model.encode(x)
     return model.normalize(vqgan.encode_latent(x)) if model.latent else x
+
+
+def _self_contained(model) -> bool:
+    """Models that bring their own autoencoder and text encoder (Stable Diffusion)."""
+    return getattr(model, "self_contained", False)
 
 
 def _decode(model, vqgan, z: torch.Tensor) -> torch.Tensor:
     """The model's space -> image in [-1, 1] (clamped)."""
+    if _self_contained(model):
+        return model.decode(z)
     if model.latent:
         z_q = vqgan.quantize(model.denormalize(z))[0]
         return vqgan.decode(z_q).clamp(-1, 1)
     return z.clamp(-1, 1)
 
 
-def _previews(model, vqgan, x_t: torch.Tensor, x0: torch.Tensor, last: bool, final: bool):
+def _previews(model, vqgan, x_t: torch.Tensor, x0: torch.Tensor, last: bool, final: bool, taesd=None):
     """The two previews as pictures: x0 through the same path as the result (quantized, then decoded),
     x_t decoded as it is (unquantized), so its noise is seen clearing; one decoder pass for both.
     The `last` preview decodes x0 exactly as the result is decoded (same call, same batch), and at the
-    `final` step there is no noise left: both are the result."""
+    `final` step there is no noise left: both are the result. Stable Diffusion previews x_t through its
+    fitted latent-to-RGB map and x0 through TAESD when the preset has it (else the map too): a full VAE
+    decode per preview would cost more than a step."""
     if final:
         out = _decode(model, vqgan, x_t)
         return out, out
+    if _self_contained(model):
+        clean = _decode(model, vqgan, x0) if last else taesd(x0) if taesd is not None else model.preview_rgb(x0)
+        return model.preview_rgb(x_t), clean
     if not model.latent:
         return x_t.clamp(-1, 1), x0.clamp(-1, 1)
     if last:
@@ -130,18 +159,68 @@ def _previews(model, vqgan, x_t: torch.Tensor, x0: torch.Tensor, last: bool, fin
     return both[:len(x_t)], both[len(x_t):]
 
 
+def _shape(model, req: DiffusionRequest) -> tuple[int, int, int]:
+    """The sample's shape for the request's size: any multiple of 8 for Stable Diffusion, else the model's own."""
+    if hasattr(model, "shape_for"):
+        return model.shape_for(req.width, req.height)
+    shape = model.sample_shape
+    native = _native_side(model)
+    if (req.width and req.width != native) or (req.height and req.height != native):
+        raise ValueError(f"This preset's model draws {native}x{native} pictures only "
+                         f"(asked for {req.width or native}x{req.height or native}); leave width and height at 0.")
+    return shape
+
+
+def _native_side(model) -> int:
+    cfg = getattr(model, "config", None)
+    return int(cfg.image_size) if cfg is not None and hasattr(cfg, "image_size") else model.sample_shape[-1]
+
+
+def _compute_dtype(model, device, precision: str) -> torch.dtype:
+    """float16 autocast on a GPU for models that allow it ("auto"), or when asked; never on a CPU."""
+    device = torch.device(device)
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError(f"float16 runs on a GPU only, and this run is on the {device.type.upper()}: "
+                         "choose precision auto or float32.")
+    if precision == "float16" or (precision == "auto" and device.type == "cuda" and getattr(model, "half_ok", False)):
+        return torch.float16
+    return torch.float32
+
+
 def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopCheck = never_stop,
-           info: dict | None = None) -> Iterator[Step | Final]:
-    t0 = time.perf_counter()
+           info: dict | None = None, taesd=None) -> Iterator[Step | Final]:
     req = validate(req)
-    if model.conditional and (vqgan is None or clip is None):
+    compute = _compute_dtype(model, device, req.precision)
+    if compute == torch.float32:
+        yield from _sample(req, model, vqgan, clip, device, should_stop, info, taesd)
+        return
+    from pipelines.registry.runtime import autocast
+
+    steps = _sample(req, model, vqgan, clip, device, should_stop, info, taesd)
+    while True:                      # each step under autocast, none of the consumer's work between steps
+        with autocast(torch.device(device), compute):
+            try:
+                ev = next(steps)
+            except StopIteration:
+                return
+        yield ev
+
+
+def _sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopCheck, info: dict | None,
+            taesd) -> Iterator[Step | Final]:
+    t0 = time.perf_counter()
+    own = _self_contained(model)
+    if model.conditional and not own and (vqgan is None or clip is None):
         raise ValueError("This diffusion model needs the preset's VQGAN and CLIP components.")
     gen = torch.Generator().manual_seed(req.seed)
     B = req.batch
-    shape = model.sample_shape
+    shape = _shape(model, req)
     notices = []
     if not model.conditional and (req.prompt.strip() or req.negative_prompt.strip()):
         notices.append("This model is unconditional: the prompts are ignored.")
+    if own and any(model.too_long(p) for p in (req.prompt, req.negative_prompt)):
+        notices.append(f"The prompt is longer than the text encoder's {model.tokenizer.model_max_length} "
+                       "tokens: the end is cut off.")
     dtype = next(model.parameters()).dtype
 
     # 1. the schedule, and where image to image enters it
@@ -153,8 +232,14 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
     # 2. the starting sample: noise, or the init image noised to the first timestep used
     noise = torch.randn((B, *shape), generator=gen).to(device, dtype)
     if req.init_image is not None:
-        side = shape[-1] * (vqgan.factor if model.latent else 1)
-        x_init = media.to_tensor(media.square(req.init_image.convert("RGB"), side))
+        if own:
+            from PIL import ImageOps
+
+            size = (shape[-1] * model.factor, shape[-2] * model.factor)
+            x_init = media.to_tensor(ImageOps.fit(req.init_image.convert("RGB"), size, Image.Resampling.LANCZOS))
+        else:
+            side = shape[-1] * (vqgan.factor if model.latent else 1)
+            x_init = media.to_tensor(media.square(req.init_image.convert("RGB"), side))
         with torch.no_grad():
             z0 = _encode(model, vqgan, x_init.to(device, dtype)).repeat(B, 1, 1, 1)
         x = noised(scheduler, z0, noise, start)
@@ -163,7 +248,11 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
 
     # 3. text conditioning: the prompt, and the negative prompt in the empty caption's place
     text_emb = null_emb = None
-    if model.conditional:
+    if own:
+        with torch.no_grad():
+            text_emb = model.encode_text([req.prompt] * B).to(dtype)
+            null_emb = model.encode_text([req.negative_prompt] * B).to(dtype)
+    elif model.conditional:
         from pipelines.models.diffusion import text_states
 
         with torch.no_grad():
@@ -186,7 +275,8 @@ def sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: StopC
     def preview(s, last: bool = False) -> dict:
         t_preview = time.perf_counter()
         with torch.no_grad():
-            shown_t, shown_0 = _previews(model, vqgan, s.x_next, s.x0_pred, last=last, final=s.i + 1 == total)
+            shown_t, shown_0 = _previews(model, vqgan, s.x_next, s.x0_pred, last=last, final=s.i + 1 == total,
+                                         taesd=taesd)
         if last or s.i + 1 == total:
             kept["images"] = shown_0
         cadence.took(s.i, time.perf_counter() - t_preview)
@@ -254,10 +344,10 @@ def _strip(req, previews, final) -> Image.Image | None:
 
 ENGINE_SPEC = Engine(
     name=ENGINE, label="Diffusion", request=DiffusionRequest, run=run,
-    needs=(("diffusion",),), optional=("vqgan", "clip"),   # a latent text-to-image model needs both
+    needs=(("diffusion",),), optional=("vqgan", "clip", "taesd"),   # the built-in latent model needs the first two
     limits={"steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "eta": (0, 1), "batch": (1, MAX_BATCH),
-            "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS)},
-    choices={"sampler": tuple(SAMPLERS)},
+            "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS), "width": (0, MAX_SIDE), "height": (0, MAX_SIDE)},
+    choices={"sampler": tuple(SAMPLERS), "precision": PRECISIONS},
     image_fields=("init_image",),
     frame=_frame, strip=_strip,
     # a guided step of the whole batch; image to image runs the last `strength` of the steps

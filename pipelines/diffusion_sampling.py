@@ -24,8 +24,11 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "DPM-Solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     "DDIM": ("DDIMScheduler", {"set_alpha_to_one": False}),
     "DDPM": ("DDPMScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),   # SD-Turbo's: fresh noise at every step
 }
-ETA_SAMPLERS = ("DDIM",)   # the only one whose step takes eta (0: deterministic, 1: DDPM-like noise)
+ETA_SAMPLERS = ("DDIM",)
+ALPHA_SAMPLERS = ("DPM-Solver++", "DDIM", "DDPM")   # over sqrt(a) x0 + sqrt(1 - a) eps: unCLIP's prior and decoder   # the only one whose step takes eta (0: deterministic, 1: DDPM-like noise)
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,18 @@ def denoise(model, scheduler, x: torch.Tensor, text_emb: torch.Tensor | None, nu
             out = uncond + guidance * (cond - uncond)
         else:
             out = model(x_in, t_batch, text_emb)
-        # 2. the clean-sample estimate, for previews
-        x0_pred = predict_x0(scheduler, out, x, t)
-        # 3. one scheduler step to the next, less noisy sample
-        x_next = scheduler.step(out, t, x, **step_kwargs).prev_sample
+        # 2. one scheduler step to the next, less noisy sample
+        stepped = scheduler.step(out, t, x, **step_kwargs)
+        x_next = stepped.prev_sample
+        # 3. the clean-sample estimate, for previews (Euler's samples are scaled by sigma: it knows x0 itself)
+        x0_pred = stepped.pred_original_sample if _sigma_space(scheduler) else predict_x0(scheduler, out, x, t)
         yield SamplerStep(i, int(t), x, x0_pred, x_next)
         x = x_next
+
+
+def _sigma_space(scheduler) -> bool:
+    """Karras-style samplers (Euler) keep x = x0 + sigma eps rather than sqrt(a) x0 + sqrt(1 - a) eps."""
+    return type(scheduler).__name__.startswith("Euler")
 
 
 def _ddim():

@@ -74,6 +74,26 @@ class Preset:
     components: Mapping[str, ComponentSpec]
     defaults: Mapping[str, Mapping]
     path: Path
+    download_mb: float = 0.0     # what the first use downloads (0: nothing, or unknown for a local path)
+
+    @property
+    def menu_label(self) -> str:
+        """The label with what the first use downloads: "Stable Diffusion 1.5, 512 px (downloads 4.2 GB)"."""
+        if is_offline_capable(self) or not self.download_mb:
+            return self.label
+        return f"{self.label.removesuffix(' (downloads)')} (downloads {_size(self.download_mb)})"
+
+    @property
+    def downloads(self) -> str:
+        """What using it costs the first time, in a few words: "offline" or "downloads about 1.6 GB"."""
+        if is_offline_capable(self):
+            return "offline"
+        mb = self.download_mb
+        return f"downloads about {_size(mb)} on first use" if mb else "downloads on first use"
+
+
+def _size(mb: float) -> str:
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
 def _component(role: str, d: Any, where: str) -> ComponentSpec:
@@ -130,8 +150,11 @@ def parse_preset(data: Any, path: Path) -> Preset:
     description = data.get("description", "")
     if not isinstance(description, str):
         raise PresetError(f"{where}: \"description\" must be a string")
+    download_mb = data.get("download_mb", 0)
+    if not isinstance(download_mb, (int, float)) or isinstance(download_mb, bool) or download_mb < 0:
+        raise PresetError(f"{where}: \"download_mb\" must be a number of megabytes, 0 or more")
     components = {role: _component(role, d, where) for role, d in comps.items()}
-    return Preset(name, label, description, components, defaults, Path(path))
+    return Preset(name, label, description, components, defaults, Path(path), float(download_mb))
 
 
 def _read(path: Path) -> Preset:

@@ -40,7 +40,8 @@ from PIL import Image
 
 from pipelines import __version__, media
 from pipelines.diffusion import side_by_side, trajectory_strip
-from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised, watched
+from pipelines.diffusion_sampling import ALPHA_SAMPLERS as SAMPLERS
+from pipelines.diffusion_sampling import denoise, img2img_start, make_scheduler, noised, watched
 from pipelines.engine import Engine
 from pipelines.events import AUTO, Final, Pause, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.captions import nearest_captions

@@ -6,6 +6,7 @@ import math
 MAX_STEPS = 1000          # denoising steps: the built-in schedules have 1000 timesteps
 MAX_BATCH = 16            # pictures drawn as one batch
 MAX_GUIDANCE = 50.0       # classifier-free guidance scales
+MAX_SIDE = 1024           # pictures' width and height, where an engine lets them be chosen
 MAX_ASPECT = 4.0          # uploads wider or taller than this are refused, not squashed
 
 

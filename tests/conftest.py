@@ -106,3 +106,22 @@ def reload_page(client, job, tmp_path, after_outputs: int):
     wait_for_outputs(job, after_outputs)
     job.cancel()
     return Client(client.src, verbose=False, download_files=str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def standin_hub(tmp_path_factory):
+    """A hub cache holding every download preset's tiny stand-in (lab/standins.py), built once per session."""
+    from lab.standins import build
+
+    cache = tmp_path_factory.mktemp("standin-hub")
+    build(cache)
+    return cache
+
+
+@pytest.fixture
+def on_standins(standin_hub, monkeypatch):
+    """The hub client (and Atelier's URL cache) look in the stand-in cache for this test; offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(standin_hub))
+    return standin_hub

@@ -114,8 +114,8 @@ def test_every_sampler_is_a_diffusers_scheduler_on_the_training_schedule():
         s = make_scheduler(name, cfg)
         s.set_timesteps(10)
         assert len(s.timesteps) == 10 and int(s.timesteps[0]) == 999  # trailing spacing starts at T - 1
-    with pytest.raises(ValueError, match="Unknown sampler 'Euler'"):
-        make_scheduler("Euler", cfg)
+    with pytest.raises(ValueError, match="Unknown sampler 'Heun'"):
+        make_scheduler("Heun", cfg)
 
 
 # -- the engine ----------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ BAD = [({"steps": 0}, "Steps must be a whole number from 1 to 1000"),
        ({"strength": -0.1}, "Strength must be a number from 0 to 1"),
        ({"strength": 1.5}, "Strength must be a number from 0 to 1"),
        ({"eta": 2}, "Eta must be a number from 0 to 1"),
-       ({"sampler": "Euler"}, "Unknown sampler 'Euler'"),
+       ({"sampler": "Heun"}, "Unknown sampler 'Heun'"),
        ({"init_image": Image.new("RGB", (400, 20))}, "sides may differ by at most 4x")]
 
 

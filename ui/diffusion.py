@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from pipelines import media
-from pipelines.diffusion import MAX_BATCH, MAX_STEPS
+from pipelines.diffusion import MAX_BATCH, MAX_SIDE, MAX_STEPS, PRECISIONS
 from pipelines.diffusion_sampling import ETA_SAMPLERS, SAMPLERS
 from pipelines.engines import ENGINES
 from ui.tab import Tab
@@ -14,13 +14,13 @@ EXAMPLES = [[EXAMPLE], ["a red circle"], ["a large blue star at the top on a whi
             ["a yellow diamond above a black circle on a blue background"], ["a purple star"]]
 UNCONDITIONAL_NOTE = "This preset's model is unconditional: it ignores the prompts and the guidance scale."
 RUN_FIELDS = ["preset", "prompt", "negative_prompt", "sampler", "steps", "guidance", "eta", "seed", "batch",
-              "init_image", "strength", "preview_every"]
+              "init_image", "strength", "preview_every", "width", "height", "precision"]
 OUTPUTS = ("x_t", "x0", "status", "final", "strip", "video", "files", "settings")
 
 
 def _conditional(preset) -> bool:
-    """Text-to-image presets bring a CLIP; unconditional hub models come alone."""
-    return "clip" in preset.components
+    """Text-to-image presets bring a CLIP or are Stable Diffusion; unconditional hub models come alone."""
+    return "clip" in preset.components or getattr(preset.components.get("diffusion"), "kind", "") == "stable_diffusion"
 
 
 def show(req, ev, first) -> dict | None:
@@ -63,6 +63,14 @@ def build(registry, runs) -> None:
                 inp("preview_every", gr.Number(label="Preview every N steps (0 = none, -1 = auto)",
                                                value=d["preview_every"], precision=0, elem_id="dif_preview_every"))
                 tab.fps_slider()
+            with gr.Accordion("Size and precision", open=False):
+                with gr.Row():
+                    inp("width", gr.Number(label=f"Width (0 = the model's size; SD: 64-{MAX_SIDE}, multiples of 8)",
+                                           value=d["width"], precision=0, elem_id="dif_width"))
+                    inp("height", gr.Number(label="Height (0 = the model's size)", value=d["height"], precision=0,
+                                            elem_id="dif_height"))
+                    inp("precision", gr.Dropdown(list(PRECISIONS), value=d["precision"], elem_id="dif_precision",
+                                                 label="Precision (auto: float16 on a GPU for Stable Diffusion)"))
             run_btn, stop_btn = tab.buttons()
             with gr.Accordion("Image to image", open=False):
                 with gr.Row():
@@ -85,8 +93,9 @@ def build(registry, runs) -> None:
 
     gen_event = tab.run_button(run_btn, "diffusion", RUN_FIELDS, tab.request, show, finish)
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "negative_prompt", "sampler", "steps", "guidance",
-                                               "eta", "seed", "batch", "strength", "preview_every")],
-             preset_fields=("sampler", "steps", "preview_every"), preset_extra=conditional_widgets,
+                                               "eta", "seed", "batch", "strength", "preview_every", "width",
+                                               "height", "precision")],
+             preset_fields=("sampler", "steps", "preview_every", "width", "height"), preset_extra=conditional_widgets,
              preset_extra_outputs=(guidance, prompt, negative, note), images_named="init image")
     sampler.change(lambda s: gr.update(interactive=s in ETA_SAMPLERS), [sampler], [eta], api_name=False)
     return gen_event

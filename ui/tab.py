@@ -182,7 +182,7 @@ class Tab:
                                                object_fit="contain"))
 
     def preset_dropdown(self):
-        return self.input("preset", gr.Dropdown([(p.label, p.name) for p in self.presets],
+        return self.input("preset", gr.Dropdown([(p.menu_label, p.name) for p in self.presets],
                                                 value=self.first.name if self.first else None, label="Preset",
                                                 elem_id=f"{self.prefix}_preset"))
 

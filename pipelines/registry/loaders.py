@@ -88,7 +88,31 @@ def load_karlo_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
     return load_karlo(where)
 
 
+def load_stable_diffusion_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """A Stable Diffusion-family folder or hub id in diffusers' layout (model_index.json, unet/, vae/,
+    text_encoder/, tokenizer/, scheduler/). A hub id is resolved first (its model_index.json: the cache, then
+    a quick network probe); the parts then come one by one, each downloading only its own files."""
+    from ..models.stable_diffusion import load_stable_diffusion
+
+    where = registry.resolve(spec)
+    if spec.source == "hub":
+        return load_stable_diffusion(spec.location, revision=spec.revision,
+                                     local_files_only=not registry.allow_network)
+    return load_stable_diffusion(Path(where))
+
+
+def load_taesd_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """TAESD, the tiny Stable Diffusion latent decoder (`madebyollin/taesd`), for previews."""
+    from ..models.stable_diffusion import load_taesd
+
+    where = registry.resolve(spec)
+    if spec.source == "hub":
+        return load_taesd(spec.location, revision=spec.revision, local_files_only=not registry.allow_network)
+    return load_taesd(Path(where))
+
+
 DEFAULT_LOADERS = {"vqgan": load_vqgan_component, "clip": load_clip_component,
                    "diffusion": load_diffusion_component, "dalle": load_dalle_component,
                    "unclip_prior": load_unclip_prior_component, "unclip_decoder": load_unclip_decoder_component,
-                   "karlo": load_karlo_component}
+                   "karlo": load_karlo_component, "stable_diffusion": load_stable_diffusion_component,
+                   "taesd": load_taesd_component}
