@@ -67,7 +67,8 @@ def build(cache: str | Path, only: str | None = None) -> list[str]:
     # URL components: every preset naming a URL this module knows how to fake
     for preset in list_presets():
         for spec in preset.components.values():
-            if spec.source != "url" or spec.location not in URLS or (only and only not in spec.location):
+            if spec.source != "url" or spec.location not in URLS or (only and only not in spec.location) \
+                    or spec.location in done:
                 continue
             folder = url_folder(cache, spec.location)
             files = {role: folder / f"{role}-{url_filename(u)}" for role, u in spec.files.items()}

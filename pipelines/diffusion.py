@@ -37,7 +37,7 @@ from PIL import Image
 from pipelines import __version__, media
 from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_scheduler, noised, watched
 from pipelines.engine import Engine
-from pipelines.events import AUTO, Final, PreviewCadence, Step, StopCheck, never_stop
+from pipelines.events import AUTO, PREVIEW_BUDGET, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, squarish
 from pipelines.validation import number as _number
@@ -61,7 +61,7 @@ class DiffusionRequest:
     batch: int = 1
     init_image: Image.Image | None = None
     strength: float = 0.75                # image to image: share of the schedule run from the noised init
-    preview_every: int = 5                # 0 = no previews (and no video frames); -1 (AUTO): under 10 % of the run
+    preview_every: int = 5                # 0 = no previews (and no video frames); -1 (AUTO): under 10 % of the run (SD: 5 %)
     width: int = 0                        # 0: the model's own size; Stable Diffusion takes multiples of 8
     height: int = 0
     precision: str = "auto"               # "auto": float16 on a GPU for models that allow it, else float32
@@ -264,7 +264,7 @@ def _sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: Stop
     # 4. the loop; a preview shows the sample after the step and the clean estimate, and the last one
     #    (the end, or the step a Stop ends on) shows what the result will be
     x0_pred, done = x, 0
-    cadence = PreviewCadence(req.preview_every, total)
+    cadence = PreviewCadence(req.preview_every, total, budget=getattr(model, "preview_budget", PREVIEW_BUDGET))
 
     def step(s, previews: dict) -> Step:
         return Step(ENGINE, "denoise", s.i + 1, total, t=float(s.t), previews=previews, metrics=cadence.metrics,
@@ -354,3 +354,11 @@ ENGINE_SPEC = Engine(
     work=lambda req: req.steps * req.batch * (req.strength if req.init_image is not None else 1),
     cost=(0.0, 0.022),        # measured: shapes preset, one CPU thread (pipelines/estimate.py)
     fps=10)
+
+
+if __name__ == "__main__":   # `python -m pipelines.<engine> ...` is `python -m pipelines <engine> ...`
+    import sys
+
+    from pipelines.__main__ import main
+
+    sys.exit(main([ENGINE, *sys.argv[1:]]))

@@ -126,4 +126,4 @@ class PreviewCadence:
     @property
     def metrics(self) -> dict:
         """For the status line: the cadence auto picked, once it has."""
-        return {"preview_every": float(self.chosen)} if self.chosen else {}
+        return {"preview_every": float(self.chosen), "preview_budget": self.budget} if self.chosen else {}

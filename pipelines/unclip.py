@@ -443,3 +443,11 @@ ENGINE_SPEC = Engine(
     work=_work,
     cost=(0.02, 0.0089),      # measured: shapes preset, one CPU thread (pipelines/estimate.py)
     fps=8)
+
+
+if __name__ == "__main__":   # `python -m pipelines.<engine> ...` is `python -m pipelines <engine> ...`
+    import sys
+
+    from pipelines.__main__ import main
+
+    sys.exit(main([ENGINE, *sys.argv[1:]]))

@@ -57,7 +57,12 @@ ENGINE = "vqgan_clip"
 OPTIMISERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW, "Adagrad": torch.optim.Adagrad,
               "Adamax": torch.optim.Adamax, "RAdam": torch.optim.RAdam, "RMSprop": torch.optim.RMSprop}
 MAX_ITERATIONS = 5000     # more is capped, with a notice
-MAX_SIDE = 1024           # pixels per side; memory grows with the area
+# Pixels per side. On a GPU 512, the reference's own default there (its README: about 10 GB at 512x512).
+# Elsewhere 256, its CPU default: one iteration's decoder pass (forward and backward, random weights of the
+# real f16 architecture, 2 CPU threads) takes 4.9 s at 256x256 and 18.9 s at 512x512 (f8: 2.7 and 20.8 s),
+# so a 300-iteration run at 512 would hold the one engine slot for well over an hour, before CLIP's share.
+MAX_SIDE = 512
+MAX_SIDE_CPU = 256
 MAX_CUTN = 128
 
 
@@ -95,13 +100,37 @@ class VQGANCLIPRequest:
         return dataclasses.replace(self, **kw)
 
 
-def validate(req: VQGANCLIPRequest, factor: int) -> tuple[VQGANCLIPRequest, list[list[P.WeightedPrompt]], list[str]]:
+def max_side(device) -> int:
+    """The largest width and height a run may ask for on `device` (see MAX_SIDE)."""
+    return MAX_SIDE if torch.device(device).type == "cuda" else MAX_SIDE_CPU
+
+
+def check_size(req: VQGANCLIPRequest, device) -> None:
+    """Width and height within the device's limit: one sentence naming it (checked before any model loads)."""
+    most = max_side(device)
+
+    def side(v):
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            return 0.0                          # not a number: validate() says so
+        return v if math.isfinite(v) else 0.0
+
+    w, h = side(req.width), side(req.height)
+    if w > most or h > most:
+        where = "on a GPU" if most == MAX_SIDE else f"on this {torch.device(device).type.upper()} ({MAX_SIDE} on a GPU)"
+        raise ValueError(f"Width and height may be at most {most} pixels {where}; {w:g}x{h:g} was asked for.")
+
+
+def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLIPRequest, list[list[P.WeightedPrompt]],
+                                                                       list[str]]:
     """Check every field; return the request (iterations capped), the parsed story, and notices."""
     notices = []
     phases = P.parse_prompts(req.prompt) if (req.prompt.strip() or not (req.image_prompts or req.noise_prompts)) else [[]]
     _number("Seed", req.seed, 0, 2**63 - 1, integer=True)
+    check_size(req, device)
     for name, v in (("Width", req.width), ("Height", req.height)):
-        _number(name, v, factor, MAX_SIDE, integer=True)
+        _number(name, v, factor, max_side(device), integer=True)
         if int(v) % factor:
             raise ValueError(f"{name} must be a multiple of {factor} for this VQGAN (got {v}; "
                              f"try {max(factor, int(v) // factor * factor)}).")
@@ -151,6 +180,7 @@ def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop, re
     `resume` and `max_steps`: a long run in bounded pieces)."""
     preset = load_preset(req.preset)
     specs = tuple(ENGINE_SPEC.components(preset).values())
+    check_size(req, registry.device)          # before any download or load: a 2048x2048 request costs nothing
     with registry.use(*specs) as (vqgan, clip):
         info = {"preset": preset.name, "models": registry.describe(*specs)}
         yield from optimise(req, vqgan, clip, registry.device, should_stop, info, resume, max_steps)
@@ -188,7 +218,7 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     `resume` with `max_steps=0` ends a paused run where it stands (a Stop between pieces).
     """
     t0 = time.perf_counter()
-    req, phases, notices = validate(req, vqgan.factor)
+    req, phases, notices = validate(req, vqgan.factor, device)
     gen = torch.Generator().manual_seed(int(req.seed))
     H, W = int(req.height), int(req.width)
     toks_h, toks_w = H // vqgan.factor, W // vqgan.factor

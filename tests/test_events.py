@@ -28,7 +28,7 @@ def test_auto_keeps_previews_under_the_budget():
     cadence = PreviewCadence(AUTO, 40)
     shown = _shown(cadence, 40, preview_s=0.05, step_s=0.002)
     # a preview costs about 25 steps (fewer on a busy machine): under 10 % of the run is one in 250
-    assert cadence.chosen >= 10 and cadence.metrics == {"preview_every": float(cadence.chosen)}
+    assert cadence.chosen >= 10 and cadence.metrics == {"preview_every": float(cadence.chosen), "preview_budget": 0.1}
     assert shown[0] == 0 and shown[-1] == 39 and len(shown) <= 5
     cheap = PreviewCadence(AUTO, 10)
     _shown(cheap, 10, preview_s=0.0, step_s=0.002)

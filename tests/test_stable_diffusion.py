@@ -133,3 +133,16 @@ def test_standin_sd_bad_folders_are_one_sentence(standin_hub, tmp_path):
     with pytest.raises(ModelUnavailable, match="does-not/exist.*cannot be reached"):
         reg.get(ComponentSpec("stable_diffusion", "hub", "does-not/exist", {"index": "model_index.json"}))
     assert reg.get(ComponentSpec("stable_diffusion", "path", str(snap))) is not None   # the good one still loads
+
+
+def test_standin_models_panel_says_what_each_preset_downloads_and_whether_it_can_load(on_standins):
+    from ui.models import presets_markdown
+
+    rows = {line.split("**")[1]: line for line in presets_markdown(Registry(device="cpu", allow_network=False))
+            .splitlines() if line.startswith("| **")}
+    assert rows["shapes"].endswith("| offline | ready |")
+    assert "downloads about 4.2 GB on first use | ready |" in rows["sd-v1-5"]     # the stand-in is in the cache
+    assert "Diffusion" in rows["sd-turbo"] and "unCLIP" not in rows["sd-turbo"]
+    assert "cannot be reached (offline)." in rows["ddpm-cifar10"]                 # no stand-in: one sentence
+    online = presets_markdown(Registry(device="cpu", allow_network=True))
+    assert "| downloads on first use |" in online

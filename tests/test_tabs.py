@@ -85,6 +85,7 @@ BAD = [
     ("vqgan_clip", dict(prompt="a:b:c"), "not a number"),
     ("vqgan_clip", dict(width=30), "multiple of 4"),
     ("vqgan_clip", dict(width=0), "Width"),
+    ("vqgan_clip", dict(width=2048, height=2048), "Width and height may be at most 256 pixels on this CPU"),
     ("vqgan_clip", dict(iterations=0), "Iterations"),
     ("diffusion", dict(steps=0), "Steps must be a whole number from 1 to 1000"),
     ("diffusion", dict(steps=100000), "Steps must be a whole number from 1 to 1000"),

@@ -58,7 +58,8 @@ def step_status(ev: Step, unit: str = "Step") -> str:
         if ev.stage_count > 1 else unit
     t = f" · t = {int(ev.t)}" if ev.t is not None else ""
     loss = f" · loss {ev.metrics['loss']:.4f}" if "loss" in ev.metrics else ""
-    auto = (f" · previews every {int(ev.metrics['preview_every'])} (auto: under 10 % of the run)"
+    budget = round(100 * ev.metrics.get("preview_budget", 0.1))
+    auto = (f" · previews every {int(ev.metrics['preview_every'])} (auto: under {budget} % of the run)"
             if "preview_every" in ev.metrics else "")
     return f"**{stage} {ev.step}/{ev.total}**{t}{loss} · {rate:.1f} {unit.lower()}s/s · {ev.elapsed_s:.1f} s{auto}"
 

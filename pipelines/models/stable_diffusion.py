@@ -44,6 +44,7 @@ class StableDiffusion(nn.Module):
     latent = True
     self_contained = True          # brings its own autoencoder and text encoder (no preset VQGAN or CLIP)
     half_ok = True                 # runs in float16 autocast on a GPU
+    preview_budget = 0.05          # auto previews (preview_every -1) stay under 5 % of sampling time
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler_config: dict):
         super().__init__()

@@ -4,7 +4,8 @@ Paper: Esser, Rombach, Ommer, "Taming Transformers for High-Resolution Image
 Synthesis" (2021). Module names and state_dict keys match CompVis
 taming-transformers (`taming/models/vqgan.py` VQModel,
 `taming/modules/diffusionmodules/model.py`, `taming/modules/vqvae/quantize.py`
-VectorQuantizer2), so the original `last.ckpt` + `model.yaml` files load into
+VectorQuantizer2, and GumbelVQ's GumbelQuantize), so the original `last.ckpt` +
+`model.yaml` files (ImageNet f16 1024 and 16384, OpenImages Gumbel f8 8192) load into
 it strictly (`pipelines/models/vqgan_files.py`), without the `taming` or Lightning packages. Written from the notes
 in shared/reference/taming_vqgan.md; no upstream code is reproduced.
 
@@ -157,6 +158,9 @@ class VQGANConfig:
                 raise ValueError(f"every channel count must be a multiple of 32 (GroupNorm(32)); got {c}")
         if self.quantizer not in ("vq", "gumbel"):
             raise ValueError(f"quantizer must be 'vq' or 'gumbel', not {self.quantizer!r}")
+        if self.quantizer == "gumbel" and self.embed_dim != self.z_channels:
+            # GumbelVQ applies quant_conv (z_channels -> embed_dim) before proj, which reads z_channels
+            raise ValueError(f"a GumbelVQ needs embed_dim == z_channels (got {self.embed_dim} and {self.z_channels})")
 
     @property
     def factor(self) -> int:
@@ -272,7 +276,14 @@ class VectorQuantizer(nn.Module):
 
 
 class GumbelQuantize(nn.Module):
-    """taming's GumbelQuantize, for the gumbel f8 checkpoint; deterministic (argmax) at inference."""
+    """taming's GumbelQuantize (the OpenImages f8 8192 `vqgan_gumbel_f8` checkpoint): `proj` turns the latent
+    into logits over the codes, `embed` holds the codebook.
+
+    Deliberately deterministic: taming samples gumbel noise even in eval mode, so its GumbelVQ.encode
+    differs from call to call; here a code is the argmax of the logits (the noise-free hard sample), so
+    an init image always encodes to the same tokens. VQGAN+CLIP never uses `proj` while optimising: it
+    snaps z to the nearest `embed` row (`pipelines/vqgan_clip_ops.vector_quantize`), as upstream does.
+    """
 
     def __init__(self, z_channels: int, n_embed: int, embed_dim: int):
         super().__init__()

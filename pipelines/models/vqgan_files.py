@@ -16,6 +16,8 @@ from pipelines.models.vqgan import VQGAN, VQGANConfig
 
 
 MODEL_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
+TARGETS = {"VQModel": "vq", "GumbelVQ": "gumbel"}          # taming's model.target class -> VQGANConfig.quantizer
+_QUANTIZER_KEYS = {"quantize.embedding.weight": "VQModel", "quantize.embed.weight": "GumbelVQ"}
 
 
 def config_from_taming_yaml(path: str | Path) -> VQGANConfig:
@@ -30,19 +32,18 @@ def config_from_taming_yaml(path: str | Path) -> VQGANConfig:
             model = params["first_stage_config"]
             target, params = model["target"], model["params"]
         dd = params["ddconfig"]
+        kind = TARGETS.get(str(target).rsplit(".", 1)[-1])
+        if kind is None:
+            raise ValueError(f"{Path(path).name}: unsupported model target {target!r} (VQModel or GumbelVQ)")
+        return VQGANConfig(
+            embed_dim=params["embed_dim"], n_embed=params["n_embed"], z_channels=dd["z_channels"],
+            resolution=dd["resolution"], in_channels=dd["in_channels"], out_ch=dd["out_ch"], ch=dd["ch"],
+            ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
+            attn_resolutions=tuple(dd["attn_resolutions"]), dropout=dd.get("dropout", 0.0),
+            double_z=dd.get("double_z", False), quantizer=kind,
+        )
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a taming model.yaml (missing {e})") from None
-    kinds = {"VQModel": "vq", "GumbelVQ": "gumbel"}
-    kind = kinds.get(target.rsplit(".", 1)[-1])
-    if kind is None:
-        raise ValueError(f"{path}: unsupported model target {target!r} (VQModel or GumbelVQ)")
-    return VQGANConfig(
-        embed_dim=params["embed_dim"], n_embed=params["n_embed"], z_channels=dd["z_channels"],
-        resolution=dd["resolution"], in_channels=dd["in_channels"], out_ch=dd["out_ch"], ch=dd["ch"],
-        ch_mult=tuple(dd["ch_mult"]), num_res_blocks=dd["num_res_blocks"],
-        attn_resolutions=tuple(dd["attn_resolutions"]), dropout=dd.get("dropout", 0.0),
-        double_z=dd.get("double_z", False), quantizer=kind,
-    )
+        raise ValueError(f"{Path(path).name} is not a taming model.yaml (missing {e})") from None
 
 
 def _inert(module: str, name: str) -> type:
@@ -86,10 +87,41 @@ def load_checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if k.startswith(MODEL_PREFIXES)}
 
 
+def mismatch(sd: dict[str, torch.Tensor], model: VQGAN, ckpt_name: str, yaml_name: str) -> str | None:
+    """Why a checkpoint's tensors do not fit the model its yaml describes, in one sentence (None: they fit)."""
+    want = model.state_dict()
+    held = {_QUANTIZER_KEYS[k] for k in sd if k in _QUANTIZER_KEYS}
+    meant = "GumbelVQ" if model.config.quantizer == "gumbel" else "VQModel"
+    if len(held) == 1 and meant not in held:
+        return (f"{ckpt_name} holds a {held.pop()} but {yaml_name} describes a {meant}: "
+                "the checkpoint and the yaml are not one model's files")
+    missing = sorted(set(want) - set(sd))
+    unknown = sorted(set(sd) - set(want))
+    shaped = [k for k in want if k in sd and tuple(sd[k].shape) != tuple(want[k].shape)]
+    if not (missing or unknown or shaped):
+        return None
+    parts = []
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} tensors of another shape, such as {k}: {list(sd[k].shape)} in the checkpoint, "
+                     f"{list(want[k].shape)} in the yaml")
+    if missing:
+        parts.append(f"{len(missing)} missing, such as {missing[0]}")
+    if unknown:
+        parts.append(f"{len(unknown)} the yaml's model does not have, such as {unknown[0]}")
+    return f"{ckpt_name} does not fit the model {yaml_name} describes ({'; '.join(parts)})"
+
+
 def load_taming(ckpt_path: str | Path, yaml_path: str | Path) -> VQGAN:
-    """Load an original taming-transformers VQGAN (`last.ckpt` or `.safetensors` + `model.yaml`), strictly."""
+    """Load an original taming-transformers VQGAN (`last.ckpt` or `.safetensors` + `model.yaml`), strictly.
+    A checkpoint that does not fit its yaml (a GumbelVQ's tensors with a VQModel's yaml, another codebook
+    size) is a ValueError whose message says so in one line."""
     model = VQGAN(config_from_taming_yaml(yaml_path))
-    model.load_state_dict(load_checkpoint_state_dict(ckpt_path), strict=True)
+    sd = load_checkpoint_state_dict(ckpt_path)
+    why = mismatch(sd, model, Path(ckpt_path).name, Path(yaml_path).name)
+    if why:
+        raise ValueError(why)
+    model.load_state_dict(sd, strict=True)
     return model.eval()
 
 

@@ -255,6 +255,17 @@ class Registry:
         self._resolved[spec.key] = where
         return where
 
+    def availability(self, spec: ComponentSpec) -> str | None:
+        """None when the component's files are on this machine (nothing to download); else one sentence:
+        that it downloads on first use, or why it cannot load now. Looks only: never downloads."""
+        try:
+            find_weights(spec, self.weights_dir, False, self.url_cache_dir)
+            return None
+        except ModelUnavailable as e:
+            if self.allow_network and spec.source in ("hub", "url") and "cannot be reached" in str(e):
+                return "downloads on first use"
+            return first_line(e)
+
     def files(self, spec: ComponentSpec, where: Path | str | None = None) -> dict[str, Path]:
         """Role -> local file for components that name their files (`files`, or `url`)."""
         return spec_files(spec, self.resolve(spec) if where is None else where)
