@@ -1,18 +1,22 @@
 """DALL-E: a GPT writes the image as VQGAN codes after the caption; CLIP picks the best.
 
-The recipe of Ramesh et al. (2021) over the preset's models (`pipelines/models/dalle.py`):
+The recipe of Ramesh et al. (2021) over the preset's models: the built-in GPT
+(`pipelines/models/dalle.py`), or DALL-E Mega / Mini as min-dalle publishes them, a BART
+over a 16 x 16 grid of an f16 VQGAN (`pipelines/models/dalle_bart.py`; presets dalle-mega,
+dalle-mini). Both offer the same `text` tokenizer, `config` and `sample` to this engine:
 
     text     = tokenize(prompt)                           (T,) padded, truncated with a notice
-    codes    = gpt.sample(text, ...)                      (B, 64) all candidates as one batch,
+    codes    = model.sample(text, ...)                    (B, grid^2) all candidates as one batch,
                                                           KV cache, image positions score codes only
-    images   = vqgan.decode(codes)                        (B, 3, 32, 32)
+    images   = vqgan.decode(codes)                        (B, 3, H, W)
     ranked   = sort by CLIP cosine(image, prompt)         best first (when rerank is on)
 
-Previews: after every row of 8 codes the partial grids of all candidates are decoded,
-with the positions not yet written painted flat grey, and tiled into one picture.
-Image completion keeps the first `keep_rows` rows of an uploaded image's codes and lets
-the model write the rest (the paper's image-to-image trick). Stop ends the run after
-the current code and returns the candidates as far as they got (grey where unwritten).
+Previews: after every row of codes (8 for the built-in model, 16 for min-dalle's) the
+partial grids of all candidates are decoded, with the positions not yet written painted
+flat grey, and tiled into one picture. Image completion keeps the first `keep_rows` rows
+of an uploaded image's codes and lets the model write the rest (the paper's image-to-image
+trick); it needs a VQGAN with an encoder, which min-dalle's files lack. Stop ends the run
+after the current code and returns the candidates as far as they got (grey where unwritten).
 
 Command line: `python -m pipelines dalle "a large yellow diamond above a small blue circle"`.
 """
@@ -156,12 +160,16 @@ def sample(req: DalleRequest, model, vqgan, clip=None, device="cpu", should_stop
     """Sample `req.candidates` images over given models (tests and the benchmark drive it directly)."""
     t0 = time.perf_counter()
     req, text, notices = validate(req, model)
+    if req.init_image is not None and not hasattr(vqgan, "encode"):
+        raise ValueError("This preset cannot complete images: its VQGAN has no encoder to turn a picture into codes "
+                         "(min-dalle publishes only the decoder), so remove the image to complete.")
     cfg = model.config
     B, N, g = int(req.candidates), cfg.image_len, cfg.grid
     if req.rerank and clip is None:
         raise ValueError("Reranking needs a CLIP model; turn reranking off or use a preset with CLIP.")
     device = torch.device(device)
-    gen = torch.Generator(device=device).manual_seed(int(req.seed))
+    # the model's own choice of generator device (min-dalle's BART draws on the CPU), else the run's device
+    gen = torch.Generator(device=getattr(model, "generator_device", device)).manual_seed(int(req.seed))
     text = text.to(device).expand(B, -1)
 
     # 1. image completion: the kept rows of the uploaded image's codes start every candidate

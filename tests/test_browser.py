@@ -84,10 +84,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, standin_hub):
     port = _free_port()
     out = tmp_path_factory.mktemp("outputs")
+    # the download presets find their tiny stand-ins where the hub client caches downloads (lab/standins.py)
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "HF_HUB_CACHE": str(standin_hub),
            "ATELIER_OUTPUT_DIR": str(out), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
            "HF_HUB_DISABLE_TELEMETRY": "1", "ATELIER_THREADS": os.environ.get("ATELIER_THREADS", "1")}
     log = open(out / "server.log", "w")
@@ -308,3 +310,52 @@ def test_unclip_variations_after_a_text_run_drop_its_prior_pick(page, tmp_path):
     page.locator(f"#{tab.p}_vary").click()
     _wait_status(page, tab, "similarity to the source", 180)
     assert "prior" not in pick.inner_text()
+
+
+# one download preset per tab, in its real layout (a tiny stand-in in the hub cache): (tab, preset, fields,
+# the accordion holding fields that are not on show)
+STANDIN_RUNS = [
+    (TABS[1], "sd-v1-5", {"steps": "3", "preview_every": "1", "width": "64", "height": "64"}, "Size and precision"),
+    (TABS[0], "gumbel-f8", {"iters": "4", "preview_every": "1", "width": "32", "height": "32"}, None),
+    (TABS[2], "dalle-mega", {"candidates": "2"}, None),
+    (TABS[3], "karlo", {"prior_steps": "2", "steps": "2", "preview_every": "1"}, "Prior and decoder settings"),
+]
+
+
+@pytest.mark.parametrize("tab,preset,values,accordion", STANDIN_RUNS, ids=[r[1] for r in STANDIN_RUNS])
+def test_standin_download_preset_runs_in_its_tab(page, tab, preset, values, accordion, tmp_path):
+    """Choose a download preset in the menu (its size shown), run it, get the picture, its PNG and video."""
+    from pipelines.presets import load_preset
+
+    label = load_preset(preset).menu_label
+    assert "(downloads " in label
+    _open(page, tab)
+    page.locator(f"#{tab.p}_preset input").click()
+    page.get_by_role("option", name=label).click()
+    t0 = time.time()
+    while page.locator(f"#{tab.p}_preset input").input_value() != label:
+        assert time.time() - t0 < 10, "the preset was not chosen"
+        time.sleep(0.1)
+    time.sleep(1.5)                                   # the preset's defaults land in the widgets
+    page.locator(f"#{tab.p}_prompt textarea").fill("a lighthouse at dusk")
+    for key, value in values.items():
+        box = page.locator(f"#{tab.p}_{key} input").first
+        if not box.is_visible() and accordion:
+            page.get_by_role("button", name=accordion).first.click()
+        box.fill(value)
+        box.press("Tab")
+    page.locator(f"#{tab.p}_run").click()
+    _wait_status(page, tab, "Done", 180)
+    page.locator(f"#{tab.p}_{tab.final} img").first.wait_for(state="visible")
+    page.screenshot(path=str(_screenshot_dir() / f"{tab.p}-{preset}.png"), full_page=True)
+    links = page.locator(f"#{tab.p}_files a")
+    names = []
+    for i in range(links.count()):
+        with page.expect_download() as dl:
+            links.nth(i).click()
+        path = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(path)
+        names.append(path)
+    pngs = [p for p in names if p.suffix == ".png"]
+    assert pngs and any(p.suffix == ".mp4" for p in names), names
+    assert media.read_meta(pngs[0])["settings"]["preset"] == preset

@@ -26,7 +26,7 @@ def dalle():
 
 
 def diffusion():
-    return ["shapes", "a red circle", "", "DPM-Solver++", 2, 3.0, 0.0, 0, 1, None, 0.75, 1, 10]
+    return ["shapes", "a red circle", "", "DPM-Solver++", 2, 3.0, 0.0, 0, 1, None, 0.75, 1, 0, 0, "auto", 10]
 
 
 def unclip():

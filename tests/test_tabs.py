@@ -93,6 +93,8 @@ BAD = [
     ("diffusion", dict(batch=1000), "Batch size must be a whole number from 1 to 16"),
     ("diffusion", dict(strength=1.5), "1.5 is greater than maximum value 1|Strength must be a number from 0 to 1"),
     ("diffusion", dict(sampler="Heun"), "Heun"),
+    ("diffusion", dict(width=2048, height=2048), "Width must be 0 \\(the model's size\\) or a whole number from 64"),
+    ("diffusion", dict(precision="float16"), "float16 runs on a GPU only"),
     ("dalle", dict(temperature=0), "Temperature must be a number above 0"),
     ("dalle", dict(top_k=0), "Top-k must be a whole number from 1"),
     ("dalle", dict(top_k=5000), "Top-k"),
@@ -117,7 +119,9 @@ def test_bad_input_is_a_clear_message_and_the_server_lives(client, name, kw, wor
 @pytest.mark.parametrize("name, kw, words", [
     ("vqgan_clip", dict(preset="imagenet", width=256, height=256), "cannot be reached"),
     ("diffusion", dict(preset="ddpm-cifar10"), "google/ddpm-cifar10-32.*cannot be reached"),
+    ("diffusion", dict(preset="sd-turbo", steps=1), "stabilityai/sd-turbo.*cannot be reached"),
     ("unclip", dict(preset="karlo"), "cannot be reached"),
+    ("dalle", dict(preset="dalle-mega"), "kuprel/min-dalle.*cannot be reached"),
 ])
 def test_a_hub_preset_offline_says_so_at_once(served_app, client, name, kw, words):
     from gradio_client.exceptions import AppError

@@ -1,2 +1,2 @@
 """Stand-in builders, one module per model family; importing this registers them in lab.standins."""
-from lab.standin_builders import clip, karlo, stable_diffusion, vqgan_clip  # noqa: F401
+from lab.standin_builders import clip, dalle_mega, karlo, stable_diffusion, vqgan_clip  # noqa: F401

@@ -111,8 +111,51 @@ def load_taesd_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
     return load_taesd(Path(where))
 
 
+def _min_dalle_files(spec: ComponentSpec, registry: Registry, names: dict[str, str]) -> dict[str, Path]:
+    """Role -> file of a min-dalle component: the spec's `files`, else min-dalle's own `names` in the folder.
+    A missing file is the registry's one-sentence ModelUnavailable, naming that file."""
+    from .weights import damaged
+
+    where = registry.resolve(spec)
+    if isinstance(where, str):
+        raise ValueError(f"a hub min-dalle component needs \"files\" naming {', '.join(names)}")
+    files = registry.files(spec, where) if spec.files else {role: Path(where) / n for role, n in names.items()}
+    if set(files) != set(names):
+        raise ValueError(f"a min-dalle component names exactly the files {', '.join(names)}")
+    for path in files.values():
+        if not path.is_file():
+            raise damaged(spec, path, "file not found")
+    return files
+
+
+def load_min_dalle_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """DALL-E Mega or Mini as min-dalle publishes them (hub `kuprel/min-dalle` naming its files, or a folder
+    of min-dalle's `pretrained/dalle_bart_*` layout): the BART and its tokenizer."""
+    from ..models.dalle_bart import MEGA_FILES, LayoutError, load_bart
+    from .weights import damaged
+
+    files = _min_dalle_files(spec, registry, MEGA_FILES)
+    try:
+        return load_bart(files)
+    except LayoutError as e:
+        raise damaged(spec, e.path, e.reason) from e
+
+
+def load_min_dalle_vqgan_component(spec: ComponentSpec, registry: Registry) -> nn.Module:
+    """min-dalle's VQGAN decoder (`detoker.pt`, shared by Mega and Mini): codes -> pixels, no encoder."""
+    from ..models.dalle_bart import DETOKENIZER_FILES, LayoutError, load_detokenizer
+    from .weights import damaged
+
+    files = _min_dalle_files(spec, registry, DETOKENIZER_FILES)
+    try:
+        return load_detokenizer(files["ckpt"])
+    except LayoutError as e:
+        raise damaged(spec, e.path, e.reason) from e
+
+
 DEFAULT_LOADERS = {"vqgan": load_vqgan_component, "clip": load_clip_component,
                    "diffusion": load_diffusion_component, "dalle": load_dalle_component,
                    "unclip_prior": load_unclip_prior_component, "unclip_decoder": load_unclip_decoder_component,
                    "karlo": load_karlo_component, "stable_diffusion": load_stable_diffusion_component,
-                   "taesd": load_taesd_component}
+                   "taesd": load_taesd_component, "min_dalle": load_min_dalle_component,
+                   "min_dalle_vqgan": load_min_dalle_vqgan_component}
