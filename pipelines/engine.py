@@ -69,6 +69,7 @@ class Engine:
     run: Callable[..., Iterator[Event]]  # run(request, registry, should_stop)
     needs: tuple[tuple[str, ...], ...]   # a preset serves it when it has every role of one of these sets
     optional: tuple[str, ...] = ()       # roles it also takes where the preset has them
+    kinds: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # role -> the component kinds it can use
     limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # field -> (lowest, highest)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)      # field -> allowed values
     image_fields: tuple[str, ...] = ()   # fields holding pictures: stored in metadata as digests only
@@ -81,20 +82,25 @@ class Engine:
     settings: Callable[[Any], dict] = plain_settings             # request -> JSON for the metadata
     work: Callable[[Any], float] = lambda req: 1.0               # units of work a request asks for (steps x pictures)
     cost: tuple[float, float] = (0.0, 1.0)   # measured here: set-up seconds, seconds per unit (pipelines/estimate.py)
+    memory_work: Callable[[Any], float] = lambda req: 1.0   # units of memory a run holds at once (pictures x pixels)
+    memory_cost: float = 0.0             # measured here: bytes per unit of memory_work, beyond the weights
     pausable: bool = False               # run(..., resume=state, max_steps=n) pauses and continues (events.Pause)
     fps: int = 10                        # the video's default frame rate
 
     # --- presets ---
     def supports(self, preset) -> bool:
         """Whether the preset has the models this engine needs."""
-        return any(set(roles) <= set(preset.components) for roles in self.needs)
+        return any(set(roles) <= set(preset.components) and all(
+            preset.components[r].kind in self.kinds.get(r, (preset.components[r].kind,)) for r in roles)
+            for roles in self.needs)
 
     def components(self, preset) -> dict:
         """Role -> spec of the preset's models this engine uses; a clear error when it cannot run."""
         if not self.supports(preset):
             raise ValueError(f"The preset '{preset.name}' has no {self.label} models; choose one that has "
                              f"({', '.join(' + '.join(r) for r in self.needs)}).")
-        roles = next(r for r in self.needs if set(r) <= set(preset.components))
+        roles = next(r for r in self.needs if set(r) <= set(preset.components) and all(
+            preset.components[k].kind in self.kinds.get(k, (preset.components[k].kind,)) for k in r))
         return {r: preset.components[r] for r in (*roles, *self.optional) if r in preset.components}
 
     def defaults(self, preset=None) -> dict:

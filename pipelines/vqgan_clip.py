@@ -376,7 +376,7 @@ def noise_prompts_from(text: str) -> tuple[tuple[int, float], ...]:
 
 ENGINE_SPEC = Engine(
     name=ENGINE, label="VQGAN+CLIP", request=VQGANCLIPRequest, run=run,
-    needs=(("vqgan", "clip"),),
+    needs=(("vqgan", "clip"),), kinds={"vqgan": ("vqgan",)},   # a VQGAN it can encode and optimise (not min-dalle's decoder)
     limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN)},
     choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},
     image_fields=("image_prompts", "init_image"),

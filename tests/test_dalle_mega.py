@@ -347,3 +347,14 @@ def test_standin_parity_with_min_dalle_detokenizer_at_full_size(min_dalle, tmp_p
         mine = ours.decode_indices(codes, (1, 16, 16))[0].add(1).mul(127.5).permute(1, 2, 0)
     assert theirs.shape == mine.shape == (256, 256, 3)
     assert (mine - theirs).abs().max() < 0.5 and theirs.std() > 1
+
+
+def test_standin_dalle_presets_are_offered_only_in_the_dalle_tab():
+    """min-dalle's VQGAN is a decoder only: the VQGAN+CLIP tab, which must encode and optimise, does not list them."""
+    from pipelines.engines import ENGINES
+    from pipelines.presets import load_preset
+
+    for name in ("dalle-mega", "dalle-mini"):
+        assert [e.name for e in ENGINES.values() if e.supports(load_preset(name))] == ["dalle"]
+    with pytest.raises(ValueError, match="has no VQGAN\\+CLIP models"):
+        ENGINES["vqgan_clip"].components(load_preset("dalle-mega"))

@@ -383,6 +383,8 @@ def test_auto_previews_pick_a_cadence_and_say_so(parts):
     evs = list(_sample(parts, steps=30, preview_every=-1))
     steps = [e for e in evs if isinstance(e, Step)]
     n = int(steps[-1].metrics["preview_every"])
-    shown = [e.step for e in steps if e.previews]
-    assert n >= 1 and shown[0] == 1 and shown[-1] == 30
-    assert all(b - a >= n for a, b in zip(shown[1:-2], shown[2:-1]))
+    shown = [e for e in steps if e.previews]
+    assert n >= 1 and shown[0].step == 1 and shown[-1].step == 30
+    # after each preview the cadence is picked again from the costs so far (a busy machine changes them):
+    # the next preview comes no sooner than the cadence chosen then, except the last step's
+    assert all(b.step - a.step >= int(a.metrics["preview_every"]) for a, b in zip(shown[:-2], shown[1:-1]))

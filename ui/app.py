@@ -7,6 +7,7 @@ import gradio as gr
 
 from pipelines import __version__
 from pipelines.engines import ENGINES
+from ui import compare as compare_tab
 from ui import models as models_panel
 from pipelines.registry import use_worker_threads
 from pipelines.zerogpu import ON_SPACES
@@ -23,6 +24,8 @@ def build_demo(registry) -> gr.Blocks:
             for engine in ENGINES.values():      # one tab per engine of the table, each ui/<name>.py
                 with gr.Tab(engine.label, id=engine.name):
                     importlib.import_module(f"ui.{engine.name}").build(registry, store)
+            with gr.Tab("Compare", id="compare"):  # one prompt through every engine the preset serves
+                compare_tab.build(registry, store)
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)
