@@ -52,6 +52,9 @@ def parser_for(engine: Engine) -> argparse.ArgumentParser:
                    help="PNG path; several pictures are <stem>_<k>.png, the strip and the video go beside it")
     p.add_argument("--video", action="store_true", help="write an H.264 mp4 of the run's previews")
     p.add_argument("--fps", type=float, default=None, help=f"the video's frame rate (default {engine.fps})")
+    p.add_argument("--keep-frames", action="store_true",
+                   help="with --video, also keep its frames in <stem>_frames/ to re-export the video later "
+                        "(python -m pipelines.media.frames)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, default=None, help="torch's CPU threads")
     return p
@@ -97,6 +100,8 @@ def _progress(ev, bars: dict):
 def run_engine(engine: Engine, argv: Sequence[str]) -> int:
     import torch
 
+    from pipelines import media
+    from pipelines.estimate import ESTIMATES
     from pipelines.events import Step
     from pipelines.recorder import Recorder
     from pipelines.registry import DeviceOutOfMemory, ModelUnavailable, Registry
@@ -113,6 +118,7 @@ def run_engine(engine: Engine, argv: Sequence[str]) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))  # Ctrl-C stops and keeps the result
         out = Path(a.out)
         recorder = Recorder(engine, req, out.parent, out.stem, fps=a.fps, video=a.video, unique=False)
+        print(ESTIMATES.say(engine, req, registry.device, registry), file=sys.stderr)
         bars: dict = {}
         for ev in engine.run(req, registry, lambda: stop["now"]):
             if isinstance(ev, Step):
@@ -125,7 +131,11 @@ def run_engine(engine: Engine, argv: Sequence[str]) -> int:
                 print(f"prior kept candidate {item['candidate']}: nearest captions {item['nearest']}")
             if ev.stopped and not ev.images:
                 print("stopped before any picture was painted")
-            print("\n".join(recorder.finish(ev).files))
+            rec = recorder.finish(ev)
+            print("\n".join(rec.files))
+            if a.keep_frames and rec.frames:
+                print(media.save_frames(rec.frames, out.parent / f"{out.stem}_frames", fps=rec.fps,
+                                        engine=engine.name))
             if ev.meta.get("clip_scores"):
                 print("CLIP scores, best first: " + ", ".join(f"{s:.3f}" for s in ev.meta["clip_scores"]))
     except (ValueError, FileNotFoundError, ModelUnavailable, DeviceOutOfMemory) as e:

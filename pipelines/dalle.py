@@ -18,11 +18,15 @@ of an uploaded image's codes and lets the model write the rest (the paper's imag
 trick); it needs a VQGAN with an encoder, which min-dalle's files lack. Stop ends the run
 after the current code and returns the candidates as far as they got (grey where unwritten).
 
+`subseed` and `subseed_strength` vary each code's draw (pipelines/seeds.py, models/dalle.draw_codes).
+
 Command line: `python -m pipelines dalle "a large yellow diamond above a small blue circle"`.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -35,7 +39,8 @@ from pipelines import __version__, media
 from pipelines.engine import Engine
 from pipelines.events import Final, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
-from pipelines.validation import MAX_GUIDANCE
+from pipelines.seeds import generator as seeded
+from pipelines.validation import MAX_GUIDANCE, MAX_SEED, variation
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
@@ -59,25 +64,33 @@ class DalleRequest:
     rerank: bool = True                  # order the candidates by CLIP, best first
     init_image: Image.Image | None = None  # image completion: keep its top rows
     keep_rows: int = 4                   # rows of the init image's codes that are kept
+    subseed: int = 0                     # vary seed (pipelines/seeds.py): each code's draw mixes the seed's
+    subseed_strength: float = 0.0        # random numbers with the subseed's by this much; 0 = off
 
     def replace(self, **kw) -> "DalleRequest":
         return dataclasses.replace(self, **kw)
+
+
+def check(req: DalleRequest, cfg=None) -> None:
+    """Every field, against the model's config where given (top-k, rows to keep); no model needed."""
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise ValueError("Enter a prompt, e.g. 'a large yellow diamond above a small blue circle'.")
+    _number("Candidates", req.candidates, 1, MAX_CANDIDATES, integer=True)
+    _number("Temperature", req.temperature, 0, MAX_TEMPERATURE, lo_open=True)
+    _number("Top-k", req.top_k, 1, cfg.n_codes if cfg is not None else float("inf"), integer=True)
+    _number("Top-p", req.top_p, 0, 1, lo_open=True)
+    _number("Guidance scale", req.guidance, 0, MAX_GUIDANCE)
+    _number("Seed", req.seed, 0, MAX_SEED, integer=True)
+    variation(req.subseed, req.subseed_strength)
+    if req.init_image is not None:
+        _number("Rows to keep", req.keep_rows, 1, cfg.grid - 1 if cfg is not None else float("inf"), integer=True)
 
 
 def validate(req: DalleRequest, model) -> tuple[DalleRequest, torch.Tensor, list[str]]:
     """Check every field against the model; return the request, its text ids (1, T) and notices."""
     cfg = model.config
     notices = []
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise ValueError("Enter a prompt, e.g. 'a large yellow diamond above a small blue circle'.")
-    _number("Candidates", req.candidates, 1, MAX_CANDIDATES, integer=True)
-    _number("Temperature", req.temperature, 0, MAX_TEMPERATURE, lo_open=True)
-    _number("Top-k", req.top_k, 1, cfg.n_codes, integer=True)
-    _number("Top-p", req.top_p, 0, 1, lo_open=True)
-    _number("Guidance scale", req.guidance, 0, MAX_GUIDANCE)
-    _number("Seed", req.seed, 0, 2**63 - 1, integer=True)
-    if req.init_image is not None:
-        _number("Rows to keep", req.keep_rows, 1, cfg.grid - 1, integer=True)
+    check(req, cfg)
     text, kept = model.text([req.prompt])
     if kept[0] is not None:
         notices.append(f"The prompt is longer than the model's text context ({cfg.text_len} tokens); "
@@ -143,6 +156,33 @@ def _pils(x: torch.Tensor) -> list[Image.Image]:
 # ---------------------------------------------------------------------------
 
 
+_CODES: dict[str, int] = {}     # preset -> codes per candidate of its loaded model (run() notes it)
+
+
+def codes_per_candidate(preset_name: str) -> int:
+    """The image codes one candidate is made of: the loaded model's config once a run has loaded it, else
+    what the preset names (min-dalle's 16 x 16 grid; a built-in folder's dalle.json), else 64."""
+    if preset_name in _CODES:
+        return _CODES[preset_name]
+    return _preset_codes(preset_name)
+
+
+@functools.lru_cache(maxsize=64)
+def _preset_codes(preset_name: str) -> int:
+    try:
+        spec = load_preset(preset_name).components["dalle"]
+        if spec.kind == "min_dalle":
+            return 256
+        if spec.source == "builtin":
+            from pipelines.presets import PRESETS_DIR
+
+            cfg = json.loads((PRESETS_DIR / "weights" / spec.location / "dalle.json").read_text())
+            return int(cfg.get("grid", 8)) ** 2
+    except (ValueError, KeyError, OSError, TypeError):
+        pass
+    return 64
+
+
 def run(req: DalleRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
     """The engine: the preset's DALL-E, VQGAN (and CLIP when reranking) from the registry, then `sample`."""
     preset = load_preset(req.preset)
@@ -151,6 +191,7 @@ def run(req: DalleRequest, registry, should_stop: StopCheck = never_stop) -> Ite
     specs = tuple(parts[r] for r in roles if r in parts)
     with registry.use(*specs) as models:
         info = {"preset": preset.name, "models": registry.describe(*specs)}
+        _CODES[preset.name] = int(models[0].config.image_len)     # the estimate's codes per candidate
         clip = models[2] if req.rerank else None
         yield from sample(req, models[0], models[1], clip, registry.device, should_stop, info)
 
@@ -169,7 +210,10 @@ def sample(req: DalleRequest, model, vqgan, clip=None, device="cpu", should_stop
         raise ValueError("Reranking needs a CLIP model; turn reranking off or use a preset with CLIP.")
     device = torch.device(device)
     # the model's own choice of generator device (min-dalle's BART draws on the CPU), else the run's device
-    gen = torch.Generator(device=getattr(model, "generator_device", device)).manual_seed(int(req.seed))
+    draw_on = getattr(model, "generator_device", device)
+    gen = torch.Generator(device=draw_on).manual_seed(int(req.seed))
+    strength = float(req.subseed_strength)   # vary seed: each draw mixes in the subseed's (models/dalle.draw_codes)
+    vary = {"subgenerator": seeded(int(req.subseed), draw_on), "subseed_strength": strength} if strength > 0 else {}
     text = text.to(device).expand(B, -1)
 
     # 1. image completion: the kept rows of the uploaded image's codes start every candidate
@@ -193,7 +237,7 @@ def sample(req: DalleRequest, model, vqgan, clip=None, device="cpu", should_stop
     # 2. the codes, one per step for every candidate at once; a preview after each row
     stopped = False
     for codes in model.sample(text, temperature=float(req.temperature), top_k=int(req.top_k), top_p=float(req.top_p),
-                              guidance=float(req.guidance), generator=gen, prefix_codes=prefix):
+                              guidance=float(req.guidance), generator=gen, prefix_codes=prefix, **vary):
         done = codes.shape[1] - start
         previews = {}
         if codes.shape[1] % g == 0:
@@ -251,11 +295,14 @@ ENGINE_SPEC = Engine(
     name=ENGINE, label="DALL-E", request=DalleRequest, run=run,
     needs=(("dalle", "vqgan"),), optional=("clip",),   # CLIP only to rerank
     limits={"candidates": (1, MAX_CANDIDATES), "temperature": (0, MAX_TEMPERATURE), "top_p": (0, 1),
-            "guidance": (0, MAX_GUIDANCE)},
+            "guidance": (0, MAX_GUIDANCE), "subseed_strength": (0, 1)},
     image_fields=("init_image",),
     parse={"init_image": _complete_from},
     frame=_frame, closing_frames=lambda req, final: [tile(final.images)] if final.images else [],
     image_meta=_image_meta,
-    work=lambda req: 64 * req.candidates * (2 if req.guidance != 1 else 1),   # codes written, both passes
+    check=lambda req, models, device: check(req, models["dalle"].config if "dalle" in models else None),
+    work=lambda req: codes_per_candidate(req.preset) * req.candidates * (2 if req.guidance != 1 else 1),  # both passes
     cost=(0.11, 0.00072),     # measured: shapes preset, one CPU thread (pipelines/estimate.py)
+    memory_work=lambda req: codes_per_candidate(req.preset) * req.candidates * (2 if req.guidance != 1 else 1),
+    memory_cost=25 * 2**10,   # measured: peak resident growth per code held (KV cache), shapes preset, CPU
     fps=4)

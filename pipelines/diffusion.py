@@ -20,6 +20,8 @@ of the batch. The last step, or the one a Stop ends on, always previews, and its
 is the result. Stop keeps the last clean estimate. `trajectory_strip` and `side_by_side` turn
 the previews into the strip and the video frames that the tab and the command line show.
 
+`subseed` and `subseed_strength` vary the starting noise (pipelines/seeds.py; 0 = off).
+
 Command line: `python -m pipelines diffusion "a red circle above a blue square" --video`.
 """
 from __future__ import annotations
@@ -39,7 +41,8 @@ from pipelines.diffusion_sampling import SAMPLERS, denoise, img2img_start, make_
 from pipelines.engine import Engine
 from pipelines.events import AUTO, PREVIEW_BUDGET, Final, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
-from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, squarish
+from pipelines.seeds import varied_randn
+from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_SIDE, MAX_STEPS, squarish, variation
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class DiffusionRequest:
     width: int = 0                        # 0: the model's own size; Stable Diffusion takes multiples of 8
     height: int = 0
     precision: str = "auto"               # "auto": float16 on a GPU for models that allow it, else float32
+    subseed: int = 0                      # vary seed (pipelines/seeds.py): the starting noise is mixed with
+    subseed_strength: float = 0.0         # the subseed's by this much; 0 = off, 1 = the subseed's noise
 
     def replace(self, **kw) -> "DiffusionRequest":
         return dataclasses.replace(self, **kw)
@@ -87,15 +92,26 @@ def validate(req: DiffusionRequest) -> DiffusionRequest:
         if v != 0 and not 64 <= v <= MAX_SIDE:
             raise ValueError(f"{name} must be 0 (the model's size) or a whole number from 64 to {MAX_SIDE} "
                              f"(got {side!r}).")
+    subseed, subseed_strength = variation(req.subseed, req.subseed_strength)
     return req.replace(
+        subseed=subseed, subseed_strength=subseed_strength,
         width=int(req.width or 0), height=int(req.height or 0),
         steps=_number("Steps", req.steps, 1, MAX_STEPS, integer=True),
         guidance=_number("Guidance scale", req.guidance, 0, MAX_GUIDANCE),
         eta=_number("Eta", req.eta, 0, 1),
-        seed=_number("Seed", req.seed, 0, 2**63 - 1, integer=True),
+        seed=_number("Seed", req.seed, 0, MAX_SEED, integer=True),
         batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
         strength=_number("Strength", req.strength, 0, 1),
         preview_every=_number("Preview every", req.preview_every, AUTO, MAX_STEPS, integer=True))
+
+
+def check(req: DiffusionRequest, models: dict, device) -> None:
+    """What `run` refuses, without loading a model: `validate`, the precision on this device, and the
+    size where the preset's model is loaded already."""
+    req = validate(req)
+    _compute_dtype(models.get("diffusion"), device, req.precision)
+    if "diffusion" in models:
+        _shape(models["diffusion"], req)
 
 
 def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) -> Iterator[Step | Final]:
@@ -230,7 +246,7 @@ def _sample(req: DiffusionRequest, model, vqgan, clip, device, should_stop: Stop
     total = req.steps - start
 
     # 2. the starting sample: noise, or the init image noised to the first timestep used
-    noise = torch.randn((B, *shape), generator=gen).to(device, dtype)
+    noise = varied_randn((B, *shape), gen, req.subseed, req.subseed_strength).to(device, dtype)
     if req.init_image is not None:
         if own:
             from PIL import ImageOps
@@ -338,6 +354,14 @@ def _frame(req, previews) -> Image.Image | None:
     return side_by_side(previews["x_t"], previews["x0_pred"]) if "x_t" in previews else None
 
 
+def _area(req) -> float:
+    """A chosen size's area against 512 x 512 (Stable Diffusion's own); 1 at the model's own size (0)."""
+    try:
+        return (req.width * req.height) / (512 * 512) if req.width and req.height else 1.0
+    except TypeError:
+        return 1.0
+
+
 def _strip(req, previews, final) -> Image.Image | None:
     return trajectory_strip([(p["x_t"], p["x0_pred"]) for p in previews if "x_t" in p])
 
@@ -346,13 +370,16 @@ ENGINE_SPEC = Engine(
     name=ENGINE, label="Diffusion", request=DiffusionRequest, run=run,
     needs=(("diffusion",),), optional=("vqgan", "clip", "taesd"),   # the built-in latent model needs the first two
     limits={"steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "eta": (0, 1), "batch": (1, MAX_BATCH),
-            "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS), "width": (0, MAX_SIDE), "height": (0, MAX_SIDE)},
+            "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS), "width": (0, MAX_SIDE), "height": (0, MAX_SIDE),
+            "subseed_strength": (0, 1)},
     choices={"sampler": tuple(SAMPLERS), "precision": PRECISIONS},
     image_fields=("init_image",),
-    frame=_frame, strip=_strip,
+    frame=_frame, strip=_strip, check=check,
     # a guided step of the whole batch; image to image runs the last `strength` of the steps
-    work=lambda req: req.steps * req.batch * (req.strength if req.init_image is not None else 1),
+    work=lambda req: req.steps * req.batch * (req.strength if req.init_image is not None else 1) * _area(req),
     cost=(0.0, 0.022),        # measured: shapes preset, one CPU thread (pipelines/estimate.py)
+    memory_work=lambda req: req.batch * _area(req) * (2 if req.guidance != 1 else 1),   # a guided batch at once
+    memory_cost=1.5 * 2**20,  # measured: peak resident growth, shapes preset, CPU (pipelines/estimate.py)
     fps=10)
 
 

@@ -85,6 +85,9 @@ class Engine:
     memory_work: Callable[[Any], float] = lambda req: 1.0   # units of memory a run holds at once (pictures x pixels)
     memory_cost: float = 0.0             # measured here: bytes per unit of memory_work, beyond the weights
     pausable: bool = False               # run(..., resume=state, max_steps=n) pauses and continues (events.Pause)
+    # (req, models, device) -> None: what `run` would refuse, checked without loading anything (the page's
+    # validator, before a run); `models` maps roles to those of the preset already loaded, maybe none
+    check: Callable[..., None] = lambda req, models, device: None
     fps: int = 10                        # the video's default frame rate
 
     # --- presets ---

@@ -13,6 +13,10 @@ The engine decides what a video frame is (`Engine.frame`), which frames close th
 (`Engine.closing_frames`) and what the strip shows (`Engine.strip`). An error or a
 server shutdown calls `abort`, which drops the unfinished video.
 
+The frames of the video are kept too, at their true size (`Recording.frames`, evenly thinned
+past `media.frames.MAX_KEPT`), so the video can be made again at another frame rate, size or
+pacing without the model (`media.rerender`; `media.save_frames` writes them to a folder).
+
 File names: `unique=True` (the page) gives each file a fresh name in `folder`
 (`<stem>-<time>-<hex>.png`); otherwise (the command line) `<stem>.png` for a single
 picture, `<stem>_<k>.png` for several, `<stem>_strip.png` and `<stem>.mp4`.
@@ -39,6 +43,9 @@ class Recording:
     strip: Image.Image | None = None                            # enlarged, as saved
     strip_paths: list[Path] = field(default_factory=list)
     video: Path | None = None
+    frames: list[Image.Image] = field(default_factory=list)    # the video's frames at true size (media.rerender)
+    fps: float = 10                                              # the video's frame rate
+    frames_note: str = ""                                        # said when frames were thinned
 
     @property
     def files(self) -> list[str]:
@@ -58,7 +65,9 @@ class Recorder:
         self.engine, self.request = engine, request
         self.folder, self.stem, self.unique = Path(folder), stem or engine.name, unique
         self.previews: list[dict] = []          # every Step's previews, in order
-        self.writer = media.VideoWriter(self._path("", ".mp4"), fps=fps or engine.fps) if video else None
+        self.fps = fps or engine.fps
+        self.writer = media.VideoWriter(self._path("", ".mp4"), fps=self.fps) if video else None
+        self.keeper = media.FrameKeeper() if video else None    # the frames, to make the video again
 
     def _path(self, tag: str, suffix: str) -> Path:
         if self.unique:
@@ -73,6 +82,7 @@ class Recorder:
         frame = self.engine.frame(self.request, ev.previews)
         if frame is not None and self.writer is not None:
             self.writer.append(frame)
+            self.keeper.add(frame)
         return frame
 
     def finish(self, final: Final) -> Recording:
@@ -92,7 +102,10 @@ class Recorder:
         if self.writer is not None:
             for frame in self.engine.closing_frames(self.request, final):
                 self.writer.append(frame)
+                self.keeper.add(frame)
             rec.video, self.writer = self.writer.close(), None
+            if rec.video is not None:
+                rec.frames, rec.fps, rec.frames_note = self.keeper.frames, self.fps, self.keeper.note
         return rec
 
     def abort(self) -> None:

@@ -21,6 +21,8 @@ The built-in shapes pair comes from `pipelines/models/unclip.py`; Karlo's diffus
 checkpoint runs through the adapter in `pipelines/models/karlo.py` with the same interface
 (`UnCLIPParts`, in `pipelines/models/unclip.py`).
 
+`subseed` and `subseed_strength` vary the prior's and the decoder's starting noise (pipelines/seeds.py).
+
 Command line: `python -m pipelines unclip "a red circle above a blue square"`,
 `--mode variations --image picture.png --batch 4`,
 `--mode interpolate "a red circle" --prompt-b "a blue star" --frames 16 --video`.
@@ -47,7 +49,8 @@ from pipelines.events import AUTO, Final, Pause, PreviewCadence, Step, StopCheck
 from pipelines.captions import nearest_captions
 from pipelines.models import unclip as unclip_models
 from pipelines.presets import load_preset
-from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, squarish
+from pipelines.seeds import varied_randn
+from pipelines.validation import MAX_BATCH, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, squarish, variation
 from pipelines.validation import number as _number
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ class UnCLIPRequest:
     strength: float = 1.0                 # variations: share of the decoder's schedule run from the noised
                                           # source; 1 = from pure noise (only the embedding is kept)
     preview_every: int = 5                # 0 = no previews; -1 (AUTO): under 10 % of the run
+    subseed: int = 0                      # vary seed (pipelines/seeds.py): the decoder's and the prior's starting
+    subseed_strength: float = 0.0         # noise mixed with the subseed's by this much; 0 = off
 
     def replace(self, **kw) -> "UnCLIPRequest":
         return dataclasses.replace(self, **kw)
@@ -113,13 +118,15 @@ def validate(req: UnCLIPRequest) -> UnCLIPRequest:
         if same:
             raise ValueError("The two ends of the interpolation are the same: there is nothing to blend. "
                              "Give two different prompts or images.")
+    subseed, subseed_strength = variation(req.subseed, req.subseed_strength)
     return req.replace(
+        subseed=subseed, subseed_strength=subseed_strength,
         prior_steps=_number("Prior steps", req.prior_steps, 1, MAX_STEPS, integer=True),
         prior_guidance=_number("Prior guidance", req.prior_guidance, 0, MAX_GUIDANCE),
         candidates=_number("Prior samples", req.candidates, 1, MAX_CANDIDATES, integer=True),
         steps=_number("Decoder steps", req.steps, 1, MAX_STEPS, integer=True),
         guidance=_number("Decoder guidance", req.guidance, 0, MAX_GUIDANCE),
-        seed=_number("Seed", req.seed, 0, 2**63 - 1, integer=True),
+        seed=_number("Seed", req.seed, 0, MAX_SEED, integer=True),
         batch=_number("Batch size", req.batch, 1, MAX_BATCH, integer=True),
         frames=_number("Frames", req.frames, 2, MAX_FRAMES, integer=True),
         strength=_number("Variation strength", req.strength, 0, 1),
@@ -195,7 +202,8 @@ def _prior_stage(req, parts, prompts: list[str], gen, stage_count: int, t0: floa
     dtype = next(parts.prior.parameters()).dtype
     scheduler = make_scheduler(req.prior_sampler, parts.prior.scheduler_config)
     scheduler.set_timesteps(req.prior_steps, device=device)
-    x = torch.randn((N * K, *parts.prior.sample_shape), generator=gen).to(device, dtype) * scheduler.init_noise_sigma
+    x = varied_randn((N * K, *parts.prior.sample_shape), gen, (req.subseed + 1) % 2**63, req.subseed_strength)
+    x = x.to(device, dtype) * scheduler.init_noise_sigma
     done, x0 = 0, x
     cadence = PreviewCadence(req.preview_every, req.prior_steps)
     for s in denoise(parts.prior, scheduler, x, cond.to(dtype), null.to(dtype), req.prior_guidance, gen):
@@ -325,7 +333,8 @@ def sample(req: UnCLIPRequest, parts, device, should_stop: StopCheck = never_sto
             emb = slerp(e[0], e[1], torch.linspace(0, 1, req.frames))
         # 2. the decoder, from one noise per picture (one shared noise for all interpolation frames)
         n_noise = 1 if req.mode == "interpolate" else len(emb)
-        noise = torch.randn((n_noise, *parts.decoder.sample_shape), generator=gen).to(device, dtype)
+        noise = varied_randn((n_noise, *parts.decoder.sample_shape), gen, req.subseed, req.subseed_strength)
+        noise = noise.to(device, dtype)
         noise = noise.expand(len(emb), *noise.shape[1:]).contiguous()
         prompts = [req.prompt] * len(emb) if req.mode == "text" else None
         yield from _decoder_stage(req, parts, emb, prompts, noise, gen, int(prior_used), 1 + int(prior_used), t0,
@@ -384,7 +393,7 @@ def _blend_in_pieces(req, parts, device, should_stop, info, resume, max_steps):
         resume = BlendState(ends.cpu(), meta.get("prior"), [], 0.0)
     gen = torch.Generator().manual_seed(req.seed)
     dtype = next(parts.decoder.parameters()).dtype
-    noise = torch.randn((1, *parts.decoder.sample_shape), generator=gen).to(device, dtype)
+    noise = varied_randn((1, *parts.decoder.sample_shape), gen, req.subseed, req.subseed_strength).to(device, dtype)
     emb = slerp(resume.ends[0], resume.ends[1], torch.linspace(0, 1, req.frames)).to(device)
     frames, done = list(resume.frames), len(resume.frames)
     n = req.frames - done if max_steps is None else min(req.frames - done, max(1, max_steps // req.steps))
@@ -427,6 +436,13 @@ def _work(req) -> float:
     return prior + req.steps * n
 
 
+def _memory_work(req) -> float:
+    """Held at once, in prior samples: the prior's samples and the decoder's guided batch (a picture ~ 14)."""
+    n = req.frames if req.mode == "interpolate" else req.batch
+    prior = req.candidates * (req.batch if req.mode == "text" else 2 if req.mode == "interpolate" else 0)
+    return prior + 14 * n
+
+
 ENGINE_SPEC = Engine(
     name=ENGINE, label="unCLIP", request=UnCLIPRequest, run=run,
     # Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP (plus the preset's own CLIP
@@ -434,14 +450,18 @@ ENGINE_SPEC = Engine(
     needs=(("karlo",), ("unclip_prior", "unclip_decoder", "vqgan", "clip")), optional=("unclip_clip",),
     limits={"prior_steps": (1, MAX_STEPS), "prior_guidance": (0, MAX_GUIDANCE), "candidates": (1, MAX_CANDIDATES),
             "steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "batch": (1, MAX_BATCH),
-            "frames": (2, MAX_FRAMES), "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS)},
+            "frames": (2, MAX_FRAMES), "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS),
+            "subseed_strength": (0, 1)},
     choices={"mode": MODES, "prior_sampler": tuple(SAMPLERS), "sampler": tuple(SAMPLERS)},
     image_fields=("image", "image_b"),
     frame=_frame, strip=_strip,
+    check=lambda req, models, device: validate(req) and None,
     closing_frames=lambda req, final: final.images if req.mode == "interpolate" else (),
     pausable=True,            # an interpolation, by frames (sample)
     work=_work,
     cost=(0.02, 0.0089),      # measured: shapes preset, one CPU thread (pipelines/estimate.py)
+    memory_work=_memory_work,
+    memory_cost=0.35 * 2**20,  # measured: peak resident growth per prior sample, shapes preset, CPU
     fps=8)
 
 

@@ -31,3 +31,12 @@ def squarish(img, name: str) -> None:
     if max(w, h) / min(w, h) > MAX_ASPECT:
         raise ValueError(f"The {name} is {w}x{h}; its sides may differ by at most {MAX_ASPECT:g}x "
                          "(crop it closer to a square).")
+
+
+MAX_SEED = 2**63 - 1      # seeds and subseeds: torch generators take 64 bits; the page's JSON keeps 63
+
+
+def variation(subseed, strength) -> tuple[int, float]:
+    """The vary-seed fields (pipelines/seeds.py): a subseed from 0 to MAX_SEED, its strength from 0 (off) to 1."""
+    return (int(number("Subseed", subseed, 0, MAX_SEED, integer=True)),
+            float(number("Subseed strength", strength, 0, 1)))

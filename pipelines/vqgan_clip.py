@@ -25,6 +25,8 @@ Where Atelier differs from the reference, on purpose:
     the final decode stay float32;
   - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`).
 
+`subseed` and `subseed_strength` vary the random start (pipelines/seeds.py); an init image has none.
+
 Command line: `python -m pipelines vqgan_clip "a red circle:1 | on a blue background:0.5"`.
 """
 from __future__ import annotations
@@ -46,6 +48,8 @@ from pipelines.engine import Engine
 from pipelines.events import AUTO, Final, Pause, PreviewCadence, Step, StopCheck, never_stop
 from pipelines.presets import load_preset
 from pipelines.registry import PRECISIONS, autocast, compute_dtype
+from pipelines.seeds import generator as seeded, slerp
+from pipelines.validation import MAX_SEED, variation
 from pipelines.validation import number as _number
 from pipelines.vqgan_clip_cutouts import AUGMENT_CODES, CUT_METHODS, MakeCutouts
 from pipelines.vqgan_clip_ops import (PromptLoss, clamp_with_grad, codebook_bounds, init_z_from_tokens,
@@ -95,6 +99,8 @@ class VQGANCLIPRequest:
     preview_every: int = 5                         # 0 = no previews (and no video frames); -1 (AUTO): under 10 %
     change_prompt_every: int = 0                   # story mode: next '^' phase every N iterations
     precision: str = "auto"                        # autocast dtype of the decoder and CLIP passes (PRECISIONS)
+    subseed: int = 0                               # vary seed (pipelines/seeds.py): the random start is mixed
+    subseed_strength: float = 0.0                  # with the subseed's by this much; 0 = off
 
     def replace(self, **kw) -> "VQGANCLIPRequest":
         return dataclasses.replace(self, **kw)
@@ -127,7 +133,8 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     """Check every field; return the request (iterations capped), the parsed story, and notices."""
     notices = []
     phases = P.parse_prompts(req.prompt) if (req.prompt.strip() or not (req.image_prompts or req.noise_prompts)) else [[]]
-    _number("Seed", req.seed, 0, 2**63 - 1, integer=True)
+    _number("Seed", req.seed, 0, MAX_SEED, integer=True)
+    variation(req.subseed, req.subseed_strength)
     check_size(req, device)
     for name, v in (("Width", req.width), ("Height", req.height)):
         _number(name, v, factor, max_side(device), integer=True)
@@ -160,6 +167,9 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     if all(p.weight == 0 for ph in phases for p in ph) and all(ip.weight == 0 for ip in req.image_prompts) \
             and all(w == 0 for _, w in req.noise_prompts):
         raise ValueError("All prompt weights are zero: give at least one prompt a non-zero weight.")
+    if req.init_image is not None and float(req.subseed_strength) > 0:
+        notices.append("Vary seed changes the random start, and an init image is the start here: "
+                       "the subseed has no effect.")
     return req, phases, notices
 
 
@@ -240,7 +250,12 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
             z = vqgan.encode(x_init)[0].float()
     else:
         tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
-        z = init_z_from_tokens(tokens, codebook, toks_h, toks_w).to(device)
+        z = init_z_from_tokens(tokens, codebook, toks_h, toks_w)
+        strength = float(req.subseed_strength)
+        if strength > 0:        # vary seed: towards the subseed's random start (its own generator)
+            other = random_init_tokens(toks_h * toks_w, codebook.shape[0], seeded(int(req.subseed)))
+            z = slerp(strength, z, init_z_from_tokens(other, codebook, toks_h, toks_w))
+        z = z.to(device)
     z_init = z.detach().clone()
     z = z.detach().clone().requires_grad_(True)
     opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
@@ -377,7 +392,8 @@ def noise_prompts_from(text: str) -> tuple[tuple[int, float], ...]:
 ENGINE_SPEC = Engine(
     name=ENGINE, label="VQGAN+CLIP", request=VQGANCLIPRequest, run=run,
     needs=(("vqgan", "clip"),), kinds={"vqgan": ("vqgan",)},   # a VQGAN it can encode and optimise (not min-dalle's decoder)
-    limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN)},
+    limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN),
+            "subseed_strength": (0, 1)},
     choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},
     image_fields=("image_prompts", "init_image"),
     parse={"image_prompts": image_prompts_from, "noise_prompts": noise_prompts_from,
@@ -386,8 +402,12 @@ ENGINE_SPEC = Engine(
     closing_frames=lambda req, final: final.images[:1],   # the video ends on the result
     image_meta=lambda final, k: {},
     settings=_settings,
+    check=lambda req, models, device: validate(req, getattr(models.get("vqgan"), "factor", 1), device) and None,
     # an iteration: decode, cutouts, CLIP; its cost grows with the picture's area and the cutouts
     work=lambda req: req.iterations * max(1.0, req.width * req.height / 1024) * max(1.0, req.cutn / 16),
     cost=(0.04, 0.031),       # measured: shapes preset, one CPU thread (pipelines/estimate.py)
+    # held at once: the decoder's activations (with gradients) grow with the area, CLIP's with the cutouts
+    memory_work=lambda req: req.width * req.height / 1024 + req.cutn / 3,
+    memory_cost=5.5 * 2**20,  # measured: peak resident growth, shapes preset, CPU (pipelines/estimate.py)
     pausable=True,
     fps=10)

@@ -6,6 +6,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# runs of a browser land in the history (pipelines/history.py): a fresh folder per session, never ~/.cache
+if "ATELIER_HISTORY_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["ATELIER_HISTORY_DIR"] = tempfile.mkdtemp(prefix="atelier-test-history-")
 
 ROOT = Path(__file__).resolve().parent.parent
 

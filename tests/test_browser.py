@@ -312,6 +312,43 @@ def test_unclip_variations_after_a_text_run_drop_its_prior_pick(page, tmp_path):
     assert "prior" not in pick.inner_text()
 
 
+def test_a_bad_value_after_a_run_is_told_on_its_widget_and_the_result_stays(page):
+    """Gradio's validator checks the values before the run starts (ui/tab.py `_validator`): the message shows on
+    the widget at fault, and the last result stays as it was, not covered or cleared. 🎲 and ♻️ set the seed."""
+    tab = TABS[1]
+    _open(page, tab)
+    _fill(page, tab, tab.quick)
+    page.locator(f"#{tab.p}_run").click()
+    _wait_status(page, tab, "Done", 180)
+    final = page.locator(f"#{tab.p}_final img").first
+    final.wait_for(state="visible")
+    src, status = final.get_attribute("src"), _status(page, tab)
+    for key, value, words in (("steps", "0", "Steps must be a whole number from 1 to 1000"),
+                              ("batch_count", "40", "Batch count must be a whole number from 1 to 16")):
+        box = page.locator(f"#{tab.p}_{key} input").first
+        box.fill(value)
+        box.press("Tab")
+        page.locator(f"#{tab.p}_run").click()
+        page.locator(f"#{tab.p}_{key}").get_by_text(words).wait_for(state="visible", timeout=15_000)
+        time.sleep(1)                                      # nothing else comes: no run starts
+        assert final.is_visible() and final.get_attribute("src") == src
+        assert _status(page, tab) == status
+        assert page.locator(f"#{tab.p}_final .error, #{tab.p}_status .error").count() == 0
+        box.fill(tab.quick.get(key, "1"))
+        box.press("Tab")
+    seed = page.locator(f"#{tab.p}_seed input").first
+    page.locator(f"#{tab.p}_seed_random").click()
+    t0 = time.time()
+    while seed.input_value() == "0":
+        assert time.time() - t0 < 10, "🎲 gave no seed"
+        time.sleep(0.1)
+    page.locator(f"#{tab.p}_seed_reuse").click()             # the seed of the result shown: 0
+    t0 = time.time()
+    while seed.input_value() != "0":
+        assert time.time() - t0 < 10, "♻️ did not bring the last result's seed back"
+        time.sleep(0.1)
+
+
 # one download preset per tab, in its real layout (a tiny stand-in in the hub cache): (tab, preset, fields,
 # the accordion holding fields that are not on show)
 STANDIN_RUNS = [
@@ -359,3 +396,120 @@ def test_standin_download_preset_runs_in_its_tab(page, tab, preset, values, acco
     pngs = [p for p in names if p.suffix == ".png"]
     assert pngs and any(p.suffix == ".mp4" for p in names), names
     assert media.read_meta(pngs[0])["settings"]["preset"] == preset
+
+
+def test_compare_runs_one_prompt_through_every_engine(page, tmp_path):
+    """The Compare tab: one prompt and seed, every engine of the preset, side by side and one video."""
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#cmp_run").wait_for(state="visible")
+    page.locator("#cmp_prompt textarea").fill("a red circle above a blue square")
+    page.locator("#cmp_run").click()
+    t0 = time.time()
+    seen = set()
+    while "Done" not in page.locator("#cmp_status").inner_text():
+        text = page.locator("#cmp_status").inner_text()
+        seen |= {w for w in ("VQGAN+CLIP", "Diffusion", "DALL-E", "unCLIP") if w in text}
+        assert time.time() - t0 < 300, f"no result in 300 s: {text!r}"
+        time.sleep(0.2)
+    assert len(seen) >= 3, seen                      # the status named the engines as they ran
+    assert page.locator("#cmp_final img").count() == 4
+    page.locator("#cmp_board img").first.wait_for(state="visible")
+    page.screenshot(path=str(_screenshot_dir() / "cmp.png"), full_page=True)
+    links = page.locator("#cmp_files a")
+    suffixes = []
+    for i in range(links.count()):
+        with page.expect_download() as dl:
+            links.nth(i).click()
+        suffixes.append(Path(dl.value.suggested_filename).suffix)
+    assert suffixes.count(".mp4") == 1 and suffixes.count(".png") >= 5
+
+
+def _seconds(text: str) -> float:
+    """The first time in a line: "0.6 s", "12 s", "4 min", "1.2 h" (pipelines/estimate.py's wording)."""
+    m = re.search(r"(\d+(?:\.\d+)?) (s|min|h)\b", text)
+    assert m, f"no time in {text!r}"
+    return float(m.group(1)) * {"s": 1, "min": 60, "h": 3600}[m.group(2)]
+
+
+def _decoded(path: Path):
+    import imageio_ffmpeg
+    import numpy as np
+
+    gen = imageio_ffmpeg.read_frames(str(path))
+    meta = next(gen)
+    w, h = meta["size"]
+    return meta, [np.frombuffer(b, np.uint8).reshape(h, w, 3).astype(int) for b in gen]
+
+
+def test_reexport_at_another_fps_re_times_the_same_frames(page, tmp_path):
+    """Re-export the last run's video at another frame rate: the same frames, re-timed, in the downloads."""
+    import numpy as np
+
+    tab = TABS[1]
+    _open(page, tab)
+    page.get_by_role("button", name="Re-export video").first.click()
+    page.locator(f"#{tab.p}_reexport").click()                   # no run yet: a clear message, nothing else
+    page.get_by_text("There is no run to re-export yet").first.wait_for(state="visible", timeout=15_000)
+    _fill(page, tab, tab.quick)
+    page.locator(f"#{tab.p}_run").click()
+    _wait_status(page, tab, "Done", 180)
+
+    def mp4s() -> dict[str, Path]:
+        links, out = page.locator(f"#{tab.p}_files a"), {}
+        for i in range(links.count()):
+            with page.expect_download() as dl:
+                links.nth(i).click()
+            name = dl.value.suggested_filename
+            if name.endswith(".mp4"):
+                out[name] = tmp_path / name
+                dl.value.save_as(out[name])
+        return out
+
+    first = mp4s()
+    assert len(first) == 1
+    box = page.locator(f"#{tab.p}_reexport_fps input[type=number]").first
+    box.fill("25")
+    box.press("Enter")
+    page.locator(f"#{tab.p}_reexport").click()
+    t0 = time.time()
+    while "Re-exported" not in page.locator(f"#{tab.p}_reexport_note").inner_text():
+        assert time.time() - t0 < 60, "no re-exported video in 60 s"
+        time.sleep(0.2)
+    both = mp4s()
+    assert len(both) == 2 and "25fps" in " ".join(both), both
+    (m0, a), (m1, b) = _decoded(next(iter(first.values()))), _decoded(next(p for n, p in both.items() if n not in first))
+    assert (m0["fps"], m1["fps"]) == (10, 25) and m0["size"] == m1["size"]
+    assert len(a) == len(b) == 8                                   # the quick run's 8 steps, one frame each
+    assert all(np.abs(x - y).mean() < 3 for x, y in zip(a, b))     # the same pictures (H.264 re-encoded)
+    assert page.locator(f"#{tab.p}_video video").first.get_attribute("src")
+
+
+def test_the_estimate_of_the_default_run_is_within_2x_of_its_time(page):
+    """Before Run the estimate line says time and memory; during the run a progress bar; after, the time it took
+    beside the estimate. The first run here refines the estimate (measured for the built-in models on one CPU
+    thread) to this machine: the next page's estimate for the default run is within 2x of that run's time."""
+    tab = TABS[1]
+
+    def default_run() -> tuple[str, str, int]:
+        _open(page, tab)
+        line = page.locator(f"#{tab.p}_estimate").inner_text()
+        page.locator(f"#{tab.p}_run").click()
+        bars, t0 = 0, time.time()
+        while "Step" not in _status(page, tab) and "Done" in _status(page, tab):     # a reload shows the last run
+            assert time.time() - t0 < 60
+            time.sleep(0.02)
+        while "Done" not in _status(page, tab):
+            bars += page.locator(f"#{tab.p}_status progress").count()
+            assert time.time() - t0 < 180
+            time.sleep(0.05)
+        return line, _status(page, tab), bars
+
+    default_run()
+    page.reload()
+    line, status, bars = default_run()
+    assert re.fullmatch(r"About \d+(\.\d)? s and \d+ MB on this machine\.", line), line
+    m = re.search(r"Done in (.+?) \(estimated (.+?)\)", status)
+    assert m, status
+    estimate, took = _seconds(line), _seconds(m.group(1))
+    assert bars > 0, "no progress bar while the run went"
+    assert estimate / 2 <= took <= estimate * 2, (line, status)

@@ -163,3 +163,58 @@ def _gallery_path(item):
         item = item.get("image", item)
         item = item.get("path", item) if isinstance(item, dict) else item
     return item
+
+
+def _seed_tools(**given) -> list:
+    """The values after api_args's: the browser id, then the seed tools (ui/tab.py SEED_TOOLS)."""
+    from ui.tab import SEED_TOOLS
+
+    values = {"subseed": 0, "subseed_strength": 0.0, "batch_count": 1, **given}
+    return [given.get("client_id", "")] + [values[n] for n in SEED_TOOLS]
+
+
+# pictures per run: a batch of 2 where the tab has one (DALL-E's candidates); VQGAN+CLIP makes one
+PER_RUN = {"vqgan_clip": ({}, 1), "diffusion": ({"batch": 2}, 2), "dalle": ({"candidates": 2}, 2),
+           "unclip": ({"batch": 2}, 2)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_count_runs_one_after_another_with_the_next_seeds_and_reuse_gives_the_seed(client, name):
+    out = outputs_of(name)
+    kw, per_run = PER_RUN[name]
+    outs = list(client.submit(*api_args(name, prompt=PROMPT, seed=7, **{**QUICK[name], **kw}),
+                              *_seed_tools(batch_count=3), api_name=f"/{name}"))
+    final = outs[-1]
+    assert any(str(o[out["status"]]).startswith("**Run 2 of 3** · ") for o in outs)
+    assert final[out["status"]].startswith("**Run 3 of 3** · **Done**")
+    pngs = [f for f in final[out["files"]] if f.endswith(".png")]
+    seeds = [media.read_meta(p)["settings"]["seed"] for p in pngs]
+    assert sorted(set(seeds)) == [7, 8, 9] and seeds.count(7) == seeds.count(9)    # every run's PNGs, run by run
+    assert media.read_meta(pngs[-1])["series"] == {"run": 3, "of": 3, "first_seed": 7}
+    if isinstance(final[out["final"]], list):                                          # a gallery: every picture
+        assert len(final[out["final"]]) == 3 * per_run
+    # ♻: the seed of the result shown (a series: its first, so Run makes the series again)
+    assert client.predict(final[out["settings"]], api_name=f"/{name}_reuse_seed") == 7
+    single = client.predict(*api_args(name, prompt=PROMPT, seed=11, **QUICK[name]), api_name=f"/{name}")
+    assert client.predict(single[out["settings"]], api_name=f"/{name}_reuse_seed") == 11
+
+
+def test_stop_ends_the_whole_series(client):
+    out = outputs_of("diffusion")
+    job = client.submit(*api_args("diffusion", prompt=PROMPT, **LONG["diffusion"]), *_seed_tools(batch_count=4),
+                        api_name="/diffusion")
+    wait_for_outputs(job, 3)
+    client.predict("", api_name="/diffusion_stop")
+    final = job.result(timeout=60)
+    assert final[out["status"]].startswith("**Run 1 of 4** · **Stopped**")
+    assert not any("Run 2" in str(o[out["status"]]) for o in job.outputs())
+
+
+def test_a_bad_batch_count_or_subseed_is_a_clear_message(client):
+    from gradio_client.exceptions import AppError
+
+    args = api_args("diffusion", prompt=PROMPT, **QUICK["diffusion"])
+    with pytest.raises(AppError, match="Batch count must be a whole number from 1 to 16"):
+        client.predict(*args, *_seed_tools(batch_count=17), api_name="/diffusion")
+    with pytest.raises(AppError, match="Subseed must be a whole number from 0"):
+        client.predict(*args, *_seed_tools(subseed=-3), api_name="/diffusion")

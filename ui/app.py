@@ -8,6 +8,8 @@ import gradio as gr
 from pipelines import __version__
 from pipelines.engines import ENGINES
 from ui import compare as compare_tab
+from ui import history as history_tab
+from ui import relay
 from ui import models as models_panel
 from pipelines.registry import use_worker_threads
 from pipelines.zerogpu import ON_SPACES
@@ -26,6 +28,9 @@ def build_demo(registry) -> gr.Blocks:
                     importlib.import_module(f"ui.{engine.name}").build(registry, store)
             with gr.Tab("Compare", id="compare"):  # one prompt through every engine the preset serves
                 compare_tab.build(registry, store)
+            sends = relay.wire(store)              # "Send to" between the engine tabs (ui/relay.py)
+            with gr.Tab("History", id="history"):  # this browser's runs, kept across restarts
+                history_tab.build(store, sends)
             with gr.Tab("Models", id="models"):
                 table = models_panel.build(registry)
         demo.load(lambda: models_panel.status_markdown(registry), None, table, api_name=False)

@@ -42,8 +42,10 @@ def build(registry, runs) -> None:
             with gr.Row():
                 inp("candidates", gr.Number(label=f"Candidates (1-{MAX_CANDIDATES}, one batch)",
                                             value=d["candidates"], precision=0, elem_id="dal_candidates"))
-                inp("seed", gr.Number(label="Seed", value=0, precision=0, elem_id="dal_seed"))
+                tab.batch_count_box()
+                tab.seed_box()
                 inp("rerank", gr.Checkbox(label="Rank by CLIP", value=d["rerank"], elem_id="dal_rerank"))
+            tab.vary_seed_box()
             with gr.Row():
                 inp("temperature", gr.Number(label="Temperature (> 0)", value=d["temperature"],
                                              elem_id="dal_temperature"))
@@ -71,7 +73,8 @@ def build(registry, runs) -> None:
                                lambda v: tab.request(v, prompt=v["prompt"] or "", rerank=bool(v["rerank"])),
                                show, finish)
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "candidates", "temperature", "top_k", "top_p",
-                                               "guidance", "seed", "rerank", "keep_rows")],
+                                               "guidance", "seed", "rerank", "keep_rows", "subseed",
+                                               "subseed_strength")],
              preset_fields=("candidates", "temperature", "top_k", "top_p", "guidance", "rerank", "keep_rows"),
              images_named="image to complete")
     return gen_event

@@ -56,9 +56,11 @@ def build(registry, runs) -> None:
             with gr.Row():
                 eta = inp("eta", gr.Number(label="Eta (DDIM: 0 deterministic, 1 noisy)", value=d["eta"],
                                            elem_id="dif_eta", interactive=d["sampler"] in ETA_SAMPLERS))
-                inp("seed", gr.Number(label="Seed", value=0, precision=0, elem_id="dif_seed"))
+                tab.seed_box()
                 inp("batch", gr.Number(label=f"Batch size (1-{MAX_BATCH})", value=d["batch"], precision=0,
                                        elem_id="dif_batch"))
+                tab.batch_count_box()
+            tab.vary_seed_box()
             with gr.Row():
                 inp("preview_every", gr.Number(label="Preview every N steps (0 = none, -1 = auto)",
                                                value=d["preview_every"], precision=0, elem_id="dif_preview_every"))
@@ -94,7 +96,7 @@ def build(registry, runs) -> None:
     gen_event = tab.run_button(run_btn, "diffusion", RUN_FIELDS, tab.request, show, finish)
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "negative_prompt", "sampler", "steps", "guidance",
                                                "eta", "seed", "batch", "strength", "preview_every", "width",
-                                               "height", "precision")],
+                                               "height", "precision", "subseed", "subseed_strength")],
              preset_fields=("sampler", "steps", "preview_every", "width", "height"), preset_extra=conditional_widgets,
              preset_extra_outputs=(guidance, prompt, negative, note), images_named="init image")
     sampler.change(lambda s: gr.update(interactive=s in ETA_SAMPLERS), [sampler], [eta], api_name=False)

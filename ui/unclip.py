@@ -93,6 +93,8 @@ def build(registry, runs) -> None:
                     inp("frames", gr.Number(label=f"Frames (2-{MAX_FRAMES}, both ends included)",
                                             value=d["frames"], precision=0, elem_id="unc_frames"))
                     blend_btn = gr.Button("Blend", variant="primary", elem_id="unc_blend")
+            with gr.Row():
+                tab.batch_count_box()          # every mode's run, made again one after another
             stop_btn = gr.Button("Stop", variant="stop", elem_id="unc_stop")
             tab.estimate_box()
             with gr.Accordion("Prior and decoder settings", open=False):
@@ -110,10 +112,11 @@ def build(registry, runs) -> None:
                                            elem_id="unc_steps"))
                     inp("guidance", gr.Number(label="Decoder guidance", value=d["guidance"], elem_id="unc_guidance"))
                 with gr.Row():
-                    inp("seed", gr.Number(label="Seed", value=0, precision=0, elem_id="unc_seed"))
+                    tab.seed_box()
                     inp("preview_every", gr.Number(label="Preview every N steps (0 = none, -1 = auto)",
                                                    value=d["preview_every"], precision=0, elem_id="unc_preview_every"))
                     tab.fps_slider(30)
+                tab.vary_seed_box()
         with tab.results_column("Downloads (PNGs at true size and enlarged, strip, mp4)",
                                 "Video (x_t | x_0, or the interpolation)"):
             tab.output("prior", gr.Markdown("", elem_id="unc_prior"))
@@ -137,6 +140,7 @@ def build(registry, runs) -> None:
     tab.run_button(blend_btn, "unclip_interpolate", BLEND_FIELDS, interpolation, show, finish)
     tab.wire(stop_btn, load=[("preset", "preset"), ("prompt", "prompt"), ("prompt_a", "prompt"),
                              ("prompt_b", "prompt_b"), *[(f, f) for f in ("batch", "candidates", "frames", "strength",
-                                                                          *SHARED)]],
+                                                                          *SHARED, "subseed",
+                                                                          "subseed_strength")]],
              preset_fields=("candidates", "strength", *SHARED), images_named="pictures")
     return gen_event

@@ -60,9 +60,11 @@ def build(registry, runs) -> None:
                                          "'^' starts the next story phase")
             tab.examples(EXAMPLES)
             with gr.Row():
-                inp("seed", gr.Number(label="Seed", value=0, precision=0, elem_id="vqc_seed"))
+                tab.seed_box()
                 inp("width", gr.Number(label="Width", value=d["width"], precision=0, elem_id="vqc_width"))
                 inp("height", gr.Number(label="Height", value=d["height"], precision=0, elem_id="vqc_height"))
+                tab.batch_count_box()
+            tab.vary_seed_box()
             with gr.Row():
                 inp("iterations", gr.Number(label="Iterations", value=d["iterations"], precision=0,
                                             elem_id="vqc_iters"))
@@ -113,7 +115,8 @@ def build(registry, runs) -> None:
     gen_event = tab.run_button(run_btn, "vqgan_clip", RUN_FIELDS, request, show, finish)
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "seed", "width", "height", "iterations",
                                                "preview_every", "init_weight", "lr", "optimiser", "cutn", "cut_pow",
-                                               "cut_method", "augments", "change_prompt_every", "precision")],
+                                               "cut_method", "augments", "change_prompt_every", "precision",
+                                               "subseed", "subseed_strength")],
              preset_fields=("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments"),
              images_named="target images and init image")
     return gen_event

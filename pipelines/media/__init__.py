@@ -9,6 +9,8 @@
   in the PNG; :func:`format_parameters`, :func:`image_digest`.
 * :mod:`pipelines.media.video`: :class:`VideoWriter` / :func:`write_video` write browser-ready
   mp4 with the bundled ffmpeg; :func:`new_output_path` names saved files.
+* :mod:`pipelines.media.frames`: a run's video frames kept (:class:`FrameKeeper`), saved and loaded
+  (:func:`save_frames`, :func:`load_frames`) and made into a video again (:func:`rerender`).
 
 The names below are re-exported, so ``from pipelines import media; media.load_image(...)``
 works. The package never imports gradio, and imports torch only if the caller already did
@@ -33,19 +35,24 @@ from pipelines.media.pngmeta import (
 )
 from pipelines.media.uploads import ImageInputError, load_image
 from pipelines.media.video import VideoWriter, ffmpeg_exe, new_output_path, write_video
+from pipelines.media.frames import FrameKeeper, load_frames, rerender, save_frames  # noqa: E402  (after video)
 
 __all__ = [
     "META_KEY",
+    "FrameKeeper",
     "ImageInputError",
     "VideoWriter",
     "enlarge",
     "ffmpeg_exe",
     "format_parameters",
     "image_digest",
+    "load_frames",
     "load_image",
     "new_output_path",
     "read_meta",
+    "rerender",
     "row",
+    "save_frames",
     "save_png",
     "square",
     "strip",

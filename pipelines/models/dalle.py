@@ -150,13 +150,15 @@ class DALLE(nn.Module):
     @torch.inference_mode()
     def sample(self, text_ids: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                guidance: float = 1.0, generator: torch.Generator | None = None,
-               prefix_codes: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+               prefix_codes: torch.Tensor | None = None, subgenerator: torch.Generator | None = None,
+               subseed_strength: float = 0.0) -> Iterator[torch.Tensor]:
         """Write the image codes of every row of `text_ids` (B, T) as one batch; yields after each code.
 
         Each yield is the (B, k) codes so far (k = 1 .. N; the last yield is the whole grid).
         `prefix_codes` (B, P) are known first codes in raster order (image completion): they
         are read in one pass and the sampler continues after them. `guidance` != 1 runs the
-        empty caption alongside (2B rows) and mixes the two predictions.
+        empty caption alongside (2B rows) and mixes the two predictions. `subgenerator` and
+        `subseed_strength` vary the draws (`draw_codes`).
         """
         cfg = self.config
         B = text_ids.shape[0]
@@ -178,7 +180,7 @@ class DALLE(nn.Module):
                 logits = uncond + guidance * (cond - uncond)
             logits = filter_logits(logits / temperature, top_k, top_p)
             # 3. draw the next code of every candidate; feed only it next time (the cache has the rest)
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            nxt = draw_codes(F.softmax(logits, dim=-1), generator, subgenerator, subseed_strength)  # (B, 1)
             codes = torch.cat([codes, nxt], dim=1)
             x = (nxt + cfg.image_offset).repeat(2 if guidance != 1.0 else 1, 1)
             yield codes
@@ -186,6 +188,22 @@ class DALLE(nn.Module):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def draw_codes(probs: torch.Tensor, generator: torch.Generator | None, subgenerator: torch.Generator | None = None,
+               strength: float = 0.0) -> torch.Tensor:
+    """One code per row of probs (B, V) -> (B, 1): torch.multinomial's draw, or with a subseed at
+    strength > 0 its variation. multinomial draws argmax(p / q) with q ~ Exp(1) drawn by
+    `torch.empty_like(p).exponential_(1, generator)` (the exponential race); the same q is drawn here,
+    and as many from the subgenerator, and the two are mixed (pipelines/seeds.mixed_exponential):
+    exact samples still, moving from the seed's codes (strength 0) to the subseed's (1)."""
+    if subgenerator is None or strength <= 0:
+        return torch.multinomial(probs, 1, generator=generator)
+    from pipelines.seeds import mixed_exponential
+
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    q_sub = torch.empty_like(probs).exponential_(1, generator=subgenerator)
+    return (probs / mixed_exponential(q, q_sub, strength)).argmax(dim=-1, keepdim=True)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipelines.models.dalle import filter_logits
+from pipelines.models.dalle import draw_codes, filter_logits
 from pipelines.models.vqgan import Decoder as VQGANDecoder
 from pipelines.models.vqgan import VQGANConfig
 
@@ -346,13 +346,15 @@ class DalleBart(nn.Module):
     @torch.inference_mode()
     def sample(self, text_ids: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                guidance: float = 1.0, generator: torch.Generator | None = None,
-               prefix_codes: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+               prefix_codes: torch.Tensor | None = None, subgenerator: torch.Generator | None = None,
+               subseed_strength: float = 0.0) -> Iterator[torch.Tensor]:
         """Write the image codes of every row of `text_ids` (B, T) as one batch; yields (B, k) after each code.
 
         `guidance` != 1 also runs the empty text (2B rows) and mixes the two as min-dalle's
         "supercondition": cond * guidance + uncond * (1 - guidance). `prefix_codes` (B, P) are
         known first codes, read in one pass before sampling continues after them. The draw happens on
         the generator's device (the scores are moved there), so a CPU generator works on a GPU too.
+        `subgenerator` (on the same device) and `subseed_strength` vary the draws (dalle.draw_codes).
         """
         cfg = self.config
         B, device = text_ids.shape[0], text_ids.device
@@ -370,7 +372,7 @@ class DalleBart(nn.Module):
                 logits = logits[:B] * guidance + logits[B:] * (1 - guidance)
             probs = F.softmax(filter_logits(logits, top_k, top_p) / temperature, dim=-1)
             draw_on = generator.device if generator is not None else device
-            nxt = torch.multinomial(probs.to(draw_on), 1, generator=generator).to(device)   # (B, 1)
+            nxt = draw_codes(probs.to(draw_on), generator, subgenerator, subseed_strength).to(device)   # (B, 1)
             codes = torch.cat([codes, nxt], dim=1)
             x = nxt.repeat(passes, 1)          # only the new code next time: the cache has the rest
             yield codes

@@ -97,6 +97,13 @@ class Registry:
         self._enforce_budget(keep={spec.key})
         return entry.module
 
+    def loaded(self, spec: ComponentSpec) -> nn.Module | None:
+        """The model for `spec` when it is loaded already (on the device or offloaded), else None; loads nothing
+        (the page's checks read a loaded model's config: its codebook size, its downsampling factor)."""
+        with self._lock:
+            entry = self._models.get(spec.key)
+        return entry.module if entry is not None else None
+
     @contextmanager
     def use(self, *specs: ComponentSpec) -> Iterator[tuple[nn.Module, ...]]:
         """Hold models on the device for a run: they are not offloaded until the block ends."""
