@@ -28,8 +28,7 @@ def finish(req, ev, rec) -> dict:
              for rank, (path, score) in enumerate(zip(rec.shown, scores), 1)]
     ranked = " · ranked by CLIP, best first" if ev.meta["clip_scores"] else ""
     return {"preview": media.enlarge(tile(ev.images)), "final": shown,
-            "status": f" after {ev.meta['tokens_done']} of {ev.meta['tokens_total']} codes per candidate "
-                      f"in {ev.meta['seconds']} s{ranked}."}
+            "status": f" after {ev.meta['tokens_done']} of {ev.meta['tokens_total']} codes per candidate{ranked}."}
 
 
 def build(registry, runs) -> None:

@@ -31,7 +31,7 @@ def show(req, ev, first) -> dict | None:
 
 
 def finish(req, ev, rec) -> dict:
-    return {"status": f" after {ev.meta['steps_done']} of {ev.meta['steps_total']} steps in {ev.meta['seconds']} s."}
+    return {"status": f" after {ev.meta['steps_done']} of {ev.meta['steps_total']} steps."}
 
 
 def build(registry, runs) -> None:

@@ -46,7 +46,7 @@ def show(req, ev, first) -> dict | None:
 
 def finish(req, ev, rec) -> dict:
     where = " during the prior: nothing painted yet" if ev.meta.get("stopped_in") == "prior" else ""
-    msg = f"{where} after {ev.meta['steps_done']} of {ev.meta['steps_total']} decoder steps in {ev.meta['seconds']} s."
+    msg = f"{where} after {ev.meta['steps_done']} of {ev.meta['steps_total']} decoder steps."
     if "similarity_to_source" in ev.meta:
         msg += " CLIP similarity to the source: " + ", ".join(f"{s:.2f}" for s in ev.meta["similarity_to_source"])
     # the prior panel: this run's pick; a run stopped in the prior keeps its previews there

@@ -48,7 +48,7 @@ def show(req, ev, first) -> dict | None:
 def finish(req, ev, rec) -> dict:
     big = media.enlarge(ev.images[0])
     return {"preview": big, "final": big,
-            "status": f" after {ev.meta['iterations_done']} iterations in {ev.meta['seconds']} s."}
+            "status": f" after {ev.meta['iterations_done']} iterations."}
 
 
 def build(registry, runs) -> None:
