@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,35 +84,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def app_server(out: Path, **env_extra: str):
+    """app.py on a free port with its own output folder (plus `env_extra`), offline; yields its URL."""
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "ATELIER_OUTPUT_DIR": str(out), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "ATELIER_THREADS": os.environ.get("ATELIER_THREADS", "1"), **env_extra}
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "server.log", "w")  # noqa: SIM115 - closed when the server stops
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url, t0 = f"http://127.0.0.1:{port}/", time.time()
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() - t0 > 120:
+                    raise RuntimeError(f"app.py did not start: {(out / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, standin_hub):
-    port = _free_port()
-    out = tmp_path_factory.mktemp("outputs")
     # the download presets find their tiny stand-ins where the hub client caches downloads (lab/standins.py)
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "HF_HUB_CACHE": str(standin_hub),
-           "ATELIER_OUTPUT_DIR": str(out), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "ATELIER_THREADS": os.environ.get("ATELIER_THREADS", "1")}
-    log = open(out / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() - t0 > 120:
-                proc.kill()
-                raise RuntimeError(f"app.py did not start: {(out / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with app_server(tmp_path_factory.mktemp("outputs"), HF_HUB_CACHE=str(standin_hub)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,13 @@ names its parent in its PNG settings.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import urllib.request
-from contextlib import contextmanager
 
 from pipelines import history, media
 from tests.test_browser import (
-    ROOT,
     TABS,
+    app_server,
     _fill,
-    _free_port,
     _open,
     _wait_status,
     browser,  # noqa: F401 - a fixture
@@ -36,36 +30,6 @@ TARGETS = [("VQGAN+CLIP: init image", "VQGAN+CLIP", "vqc_init"),
            ("unCLIP: picture to vary", "unCLIP", "unc_vary_image"),
            ("unCLIP: interpolation start", "unCLIP", "unc_image_a"),
            ("unCLIP: interpolation end", "unCLIP", "unc_image_b")]
-
-
-@contextmanager
-def _app(out, history_dir):
-    """app.py on a free port with its own output and history folders; yields its URL."""
-    port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "ATELIER_OUTPUT_DIR": str(out), "ATELIER_HISTORY_DIR": str(history_dir), "HF_HUB_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "ATELIER_THREADS": os.environ.get("ATELIER_THREADS", "1")}
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "server.log", "w")  # noqa: SIM115 - closed when the server stops
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url, t0 = f"http://127.0.0.1:{port}/", time.time()
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() - t0 > 120:
-                    raise RuntimeError(f"app.py did not start: {(out / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _until(check, what: str, timeout_s: float = 30):
@@ -100,7 +64,7 @@ def test_a_run_appears_in_history_and_is_still_there_after_a_restart(browser, tm
     pg.set_default_timeout(60_000)
     store = tmp_path / "history"
     try:
-        with _app(tmp_path / "out1", store) as url:
+        with app_server(tmp_path / "out1", ATELIER_HISTORY_DIR=str(store)) as url:
             pg.goto(url)
             _open(pg, tab)
             _fill(pg, tab, tab.quick)
@@ -110,7 +74,7 @@ def test_a_run_appears_in_history_and_is_still_there_after_a_restart(browser, tm
             _until(lambda: pg.locator("#his_gallery img").count() == 1, "the run is not in the History tab")
             assert "1 run," in pg.locator("#his_usage").inner_text()
             browser_id = pg.evaluate("localStorage.getItem('atelier-client-id')")
-        with _app(tmp_path / "out2", store) as url:                 # the app restarted, same history folder
+        with app_server(tmp_path / "out2", ATELIER_HISTORY_DIR=str(store)) as url:                 # the app restarted, same history folder
             pg.goto(url)
             pg.evaluate(f"localStorage.setItem('atelier-client-id', '{browser_id}')")   # the same browser
             pg.reload()
