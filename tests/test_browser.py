@@ -70,7 +70,7 @@ TABS = [
             quick={"steps": "8", "preview_every": "1"}, long={"steps": "1000", "preview_every": "1"},
             previews=("xt", "x0"), running="Step"),
     TabSpec("DALL-E", "dal", "a large yellow diamond above a small blue circle",
-            quick={"candidates": "2"}, long={"candidates": "64"}, running="Code"),
+            quick={"candidates": "4"}, long={"candidates": "64"}, running="Code"),
     TabSpec("unCLIP", "unc", "a red circle above a blue square",
             quick={"prior_steps": "4", "steps": "8", "preview_every": "1"},
             long={"prior_steps": "4", "steps": "1000", "preview_every": "1"},
