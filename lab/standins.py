@@ -47,7 +47,7 @@ def url_folder(cache: str | Path, ckpt_url: str) -> Path:
 
 # repo id (or a preset's ckpt URL) -> builder; filled in below by each model family
 HUB: dict[str, Builder] = {}
-URLS: dict[str, Callable[[Path, dict], None]] = {}   # ckpt URL -> fn(folder, {role: url})
+URLS: dict[str, Callable[[Path, dict], None]] = {}   # ckpt URL -> fn(folder, {role: local file to write})
 
 
 def build(cache: str | Path, only: str | None = None) -> list[str]:
