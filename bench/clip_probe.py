@@ -18,42 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import shapes
 from pipelines.models.clip import load_clip
 from pipelines.models.unclip import image_embedding
-from lab.train.diffusion import to_x
-
-
-def lone_objects(n: int, seed: int = 0):
-    """Renders of one object of a random shape, colour, size and position; the shape's and position's indices."""
-    rng = np.random.default_rng(seed)
-    colours, sizes, positions = list(shapes.PALETTE), list(shapes.SIZES), list(shapes.POSITIONS)
-    images, shape_ids, position_ids = [], [], []
-    for i in range(n):
-        s, colour = int(rng.integers(len(shapes.SHAPES))), colours[rng.integers(len(colours))]
-        size, p = sizes[rng.integers(len(sizes))], int(rng.integers(len(positions)))
-        if (colour, shapes.SHAPES[s]) in shapes.HELD_OUT:
-            continue
-        caption = f"a {size} {colour} {shapes.SHAPES[s]} {positions[p]}"
-        images.append(np.asarray(shapes.render(shapes.parse_caption(caption), 32, i)))
-        shape_ids.append(s)
-        position_ids.append(p)
-    return to_x(np.stack(images)), torch.tensor(shape_ids), torch.tensor(position_ids)
-
-
-def linear_probe(e: torch.Tensor, y: torch.Tensor, train: float = 0.8) -> float:
-    """Held-back accuracy of a softmax regression from embeddings e (N, D) to labels y (N,)."""
-    n = int(train * len(e))
-    w = torch.zeros(e.shape[1], int(y.max()) + 1, requires_grad=True)
-    b = torch.zeros(w.shape[1], requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(500):
-        opt.zero_grad()
-        loss = F.cross_entropy(e[:n] * 10 @ w + b, y[:n]) + 1e-4 * w.pow(2).sum()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return ((e[n:] * 10 @ w + b).argmax(1) == y[n:]).float().mean().item()
+from lab.train.clip import linear_probe, lone_objects
 
 
 def mlp_probe(e: torch.Tensor, y: torch.Tensor, steps: int, train: float = 0.8, seed: int = 0) -> float:

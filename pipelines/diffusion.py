@@ -119,11 +119,13 @@ def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) ->
     req = validate(req)
     preset = load_preset(req.preset)
     specs = ENGINE_SPEC.components(preset)
+    if "text_encoder" in specs:   # the CLIP whose token states the model reads; the preset's own CLIP is not needed
+        specs.pop("clip", None)
     with registry.use(*specs.values()) as models:
         parts = dict(zip(specs, models))
-        info = {"preset": preset.name, "models": registry.describe(*specs.values())}
-        yield from sample(req, parts["diffusion"], parts.get("vqgan"), parts.get("clip"), registry.device,
-                          should_stop, info, taesd=parts.get("taesd"))
+        info = {"preset": preset.name, "models": registry.describe(**specs)}
+        yield from sample(req, parts["diffusion"], parts.get("vqgan"), parts.get("text_encoder", parts.get("clip")),
+                          registry.device, should_stop, info, taesd=parts.get("taesd"))
 
 
 # ---------------------------------------------------------------------------
@@ -368,7 +370,9 @@ def _strip(req, previews, final) -> Image.Image | None:
 
 ENGINE_SPEC = Engine(
     name=ENGINE, label="Diffusion", request=DiffusionRequest, run=run,
-    needs=(("diffusion",),), optional=("vqgan", "clip", "taesd"),   # the built-in latent model needs the first two
+    # the built-in latent model needs a VQGAN and the CLIP it reads token states from: the preset's text_encoder
+    # where it has one (the built-in preset: the CLIP before the one that sees shapes), else its clip
+    needs=(("diffusion",),), optional=("vqgan", "text_encoder", "clip", "taesd"),
     limits={"steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "eta": (0, 1), "batch": (1, MAX_BATCH),
             "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS), "width": (0, MAX_SIDE), "height": (0, MAX_SIDE),
             "subseed_strength": (0, 1)},

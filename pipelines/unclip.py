@@ -141,10 +141,10 @@ def validate(req: UnCLIPRequest) -> UnCLIPRequest:
 def parts_from(models: dict):
     if "karlo" in models:
         return models["karlo"]          # the loader returns the adapter itself
-    if "unclip_clip" in models:   # embeddings from unCLIP's CLIP, the decoder's text states from the shared one
-        return unclip_models.UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"],
-                                         models["unclip_clip"], text_clip=models["clip"])
-    return unclip_models.UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"])
+    # every embedding from the preset's CLIP; the decoder's token states from the preset's text encoder where it
+    # has one (the CLIP the decoder learnt to read, as the diffusion model does), else from the same CLIP
+    return unclip_models.UnCLIPParts(models["unclip_prior"], models["unclip_decoder"], models["vqgan"], models["clip"],
+                                     text_clip=models.get("text_encoder"))
 
 
 def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop, resume: "BlendState | None" = None,
@@ -155,7 +155,7 @@ def run(req: UnCLIPRequest, registry, should_stop: StopCheck = never_stop, resum
     preset = load_preset(req.preset)
     specs = ENGINE_SPEC.components(preset)
     with registry.use(*specs.values()) as models:
-        info = {"preset": preset.name, "models": registry.describe(**specs)}   # by role: clip and unclip_clip may both be CLIPs
+        info = {"preset": preset.name, "models": registry.describe(**specs)}   # by role: clip and text_encoder may both be CLIPs
         yield from sample(req, parts_from(dict(zip(specs, models))), registry.device, should_stop, info, resume,
                           max_steps)
 
@@ -445,9 +445,9 @@ def _memory_work(req) -> float:
 
 ENGINE_SPEC = Engine(
     name=ENGINE, label="unCLIP", request=UnCLIPRequest, run=run,
-    # Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP (plus the preset's own CLIP
-    # for unCLIP's embeddings, `unclip_clip`, where it has one)
-    needs=(("karlo",), ("unclip_prior", "unclip_decoder", "vqgan", "clip")), optional=("unclip_clip",),
+    # Karlo's pipeline folder, or the built-in prior, decoder, VQGAN and CLIP (plus the CLIP whose token states
+    # the decoder reads, `text_encoder`, where the preset has one)
+    needs=(("karlo",), ("unclip_prior", "unclip_decoder", "vqgan", "clip")), optional=("text_encoder",),
     limits={"prior_steps": (1, MAX_STEPS), "prior_guidance": (0, MAX_GUIDANCE), "candidates": (1, MAX_CANDIDATES),
             "steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "batch": (1, MAX_BATCH),
             "frames": (2, MAX_FRAMES), "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS),

@@ -102,7 +102,8 @@ def test_list_presets_reads_the_real_files():
     shapes, imagenet = presets[0], next(p for p in presets if p.name == "imagenet")
     assert shapes.label == "Built-in shapes (offline, 32 px)"
     assert shapes.components["vqgan"] == ComponentSpec("vqgan", "builtin", "shapes-vqgan")
-    assert shapes.components["clip"].key == "clip:builtin:shapes-clip"
+    assert shapes.components["clip"].key == "clip:builtin:shapes-clip-conv"
+    assert shapes.components["text_encoder"].key == "clip:builtin:shapes-clip"   # the diffusion model reads it
     # every default names a field of the engine's request, and the size suits the f4 VQGAN
     import dataclasses
 
@@ -355,7 +356,7 @@ def test_describe_for_run_metadata(weights):
                     "clip": {"key": other.key, "weights_id": None, "dtype": None}}
     json.dumps(info)
     # by role, for engines with two components of one kind
-    assert reg.describe(clip=other, unclip_clip=other) == {"clip": info["clip"], "unclip_clip": info["clip"]}
+    assert reg.describe(clip=other, text_encoder=other) == {"clip": info["clip"], "text_encoder": info["clip"]}
 
 
 def test_unload_one_or_all():

@@ -98,7 +98,7 @@ def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):
     assert clip.encode_text(["a red circle"]).shape == (1, 128)
     assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 128)
     assert set(json.loads((out / "train.json").read_text())["metrics"]) == {
-        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc", "shape_acc"}
+        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc", "shape_acc", "probe_shape", "probe_position"}
 
 
 def test_shape_swapped_captions_differ_in_one_shape_only_and_stay_seen_pairs():
@@ -119,12 +119,83 @@ def test_shape_swapped_captions_differ_in_one_shape_only_and_stay_seen_pairs():
                                                                               scene.background)
 
 
+def test_one_change_negatives_change_one_stated_part_of_the_asked_kinds():
+    import numpy as np
+
+    import shapes
+
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(600):
+        scene = shapes.random_scene(rng)
+        kinds = train_clip.CHANGES if rng.random() < 0.7 else ("size", "position")
+        out = train_clip.swap_one(scene.caption(), rng, kinds)
+        if out is None:   # nothing of those kinds is stated: no size, no position
+            assert kinds == ("size", "position") and scene.position is None and all(o.size is None for o in scene.objects)
+            continue
+        new = shapes.parse_caption(out)
+        diff = [k for k in ("position", "relation", "background") if getattr(scene, k) != getattr(new, k)]
+        for a, b in zip(scene.objects, new.objects):
+            diff += [k for k, x, y in (("shape", a.shape, b.shape), ("colour", a.color, b.color), ("size", a.size, b.size))
+                     if x != y]
+            assert (b.color, b.shape) not in shapes.HELD_OUT
+        assert len(diff) == 1 and diff[0] in kinds, (scene.caption(), out)
+        seen.add(diff[0])
+    assert seen == set(train_clip.CHANGES)
+
+
+def test_attribute_labels_are_what_each_caption_states():
+    labels = train_clip.attribute_labels(["a small red circle at the top on a blue background",
+                                          "a green star above a large white cross", "at the top", "on a blue background"])
+    names = list(train_clip.ATTRIBUTES)
+    row = lambda i: {n: int(v) for n, v in zip(names, labels[i]) if v != -100}
+    assert row(0) == {"shape": 0, "colour": 0, "size": 0, "position": 3, "background": 4}
+    assert row(1) == {"shape": 4, "colour": 3, "relation": 2, "shape 2": 5, "colour 2": 6}
+    assert row(2) == {"position": 3} and row(3) == {"background": 4}
+
+
+def test_a_conv_tower_clip_against_an_exported_text_tower(tmp_path):
+    """--tower conv --text-from: a new convolutional image tower against an exported CLIP's text tower; it exports
+    as a CLIPModel folder that load_clip rebuilds, and the fast image pass (and its bfloat16 twin) agrees with
+    transformers' own."""
+    donor = tmp_path / "donor"
+    train_clip.main(["--out", str(donor), "--run-dir", str(tmp_path / "run0"), "--steps", "1", "--batch", "4",
+                     "--width", "64", "--layers", "1", "--log-every", "1", "--sample-every", "0"])
+    out = tmp_path / "conv"
+    train_clip.main(["--out", str(out), "--run-dir", str(tmp_path / "run1"), "--steps", "2", "--batch", "8",
+                     "--text-from", str(donor), "--tower", "conv", "--lr", "0",
+                     "--negatives", ",".join(train_clip.CHANGES), "--hard-negatives", "--fragments", "0.3",
+                     "--log-every", "1", "--sample-every", "0"])
+    from pipelines.models.clip import ConvTower, _image_features
+
+    a, b = load_clip(donor), load_clip(out)
+    assert isinstance(b.model.vision_model, ConvTower)
+    assert b.model.config.vision_config.tower == "conv" and b.embed_dim == 64
+    assert not any(k.startswith("vision_model.encoder") for k in b.model.state_dict())   # no ViT left inside
+    with torch.no_grad():   # lr 0: the text tower is the donor's
+        assert torch.equal(a.encode_text(["a red circle at the top"]), b.encode_text(["a red circle at the top"]))
+        x = torch.rand(3, 3, 32, 32)
+        ref = b.model.get_image_features(pixel_values=(x - b.mean) / b.std).pooler_output
+        assert torch.allclose(b.encode_image(x), ref, atol=1e-5)
+        assert torch.allclose(_image_features(b.model, (x - b.mean) / b.std), ref, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.nn.functional.cosine_similarity(b.encode_image(x), ref).min() > 0.98
+    x.requires_grad_(True)
+    b.encode_image(x).sum().backward()   # VQGAN+CLIP's gradient reaches the pixels through the stem
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(SystemExit):
+        train_clip.main(["--out", str(tmp_path / "x"), "--init", str(out), "--tower", "conv"])
+    with pytest.raises(SystemExit):
+        train_clip.main(["--out", str(tmp_path / "x"), "--negatives", "shape,mood"])
+
+
 def test_clip_trains_with_shape_negatives(tmp_path):
-    """Each caption's shape-swapped caption and picture join the loss (fragments without an object have none)."""
+    """Each caption's shape-swapped caption and picture join the loss (fragments without an object have none),
+    with the attribute heads' loss and the affine jitter alone; --stop-at ends (and exports) early."""
     out = tmp_path / "clip"
-    train_clip.main(["--out", str(out), "--run-dir", str(tmp_path / "run"), "--steps", "2", "--batch", "8",
+    train_clip.main(["--out", str(out), "--run-dir", str(tmp_path / "run"), "--steps", "5", "--stop-at", "2", "--batch", "8",
                      "--shape-negatives", "--fragments", "0.5", "--hard-negatives", "--log-every", "1",
-                     "--sample-every", "100"])
+                     "--sample-every", "100", "--attribute-loss", "1", "--augment", "Af"])
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

@@ -410,15 +410,15 @@ def _other_text_encoder(clip):
 
 def test_embeddings_and_the_decoders_text_can_come_from_two_clips(tiny, tiny_text_model):
     """unCLIP's embeddings from one CLIP, the decoder's token states from another (the preset's
-    `unclip_clip` and `clip`): each part reads the CLIP it was trained with."""
+    `clip` and `text_encoder`): each part reads the CLIP it was trained with."""
     from pipelines.models.diffusion import text_states
 
     text_clip = _other_text_encoder(tiny.clip)
     dec = um.UnCLIPDecoder(um.DecoderConfig(block_out_channels=(32, 32), n_head=2, prediction_type="v_prediction",
                                             text_cond=True))
     dec.init_from_diffusion(tiny_text_model)
-    models = {"unclip_prior": tiny.prior, "unclip_decoder": dec.eval(), "vqgan": tiny.vqgan, "clip": text_clip,
-              "unclip_clip": tiny.clip}
+    models = {"unclip_prior": tiny.prior, "unclip_decoder": dec.eval(), "vqgan": tiny.vqgan, "clip": tiny.clip,
+              "text_encoder": text_clip}
     parts = engine.parts_from(models)
     assert parts.clip is tiny.clip and parts.text_clip is text_clip
     e = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
@@ -432,30 +432,31 @@ def test_embeddings_and_the_decoders_text_can_come_from_two_clips(tiny, tiny_tex
     assert torch.equal(parts.image_embedding([_circle()]), um.UnCLIPParts(tiny.prior, dec, tiny.vqgan,
                                                                               tiny.clip).image_embedding([_circle()]))
     assert parts.pool_key is tiny.clip
-    # the preset's roles: unclip_clip is taken where a preset names one
+    # the preset's roles: the built-in preset names a text encoder, and the engine takes it
     import types
     preset = engine.load_preset("shapes")
-    two = types.SimpleNamespace(name="two", components={**preset.components, "unclip_clip": preset.components["clip"]})
-    assert engine.ENGINE_SPEC.components(two)["unclip_clip"] == preset.components["clip"]
-    assert "unclip_clip" not in engine.ENGINE_SPEC.components(preset) or "unclip_clip" in preset.components
-    # without unclip_clip, the one CLIP serves both
-    shared = engine.parts_from({k: v for k, v in models.items() if k != "unclip_clip"})
-    assert shared.clip is text_clip and shared.text_clip is text_clip
+    assert engine.ENGINE_SPEC.components(preset)["text_encoder"] == preset.components["text_encoder"]
+    one = types.SimpleNamespace(name="one", components={k: v for k, v in preset.components.items() if k != "text_encoder"})
+    assert "text_encoder" not in engine.ENGINE_SPEC.components(one)
+    # without a text encoder, the one CLIP serves both
+    shared = engine.parts_from({k: v for k, v in models.items() if k != "text_encoder"})
+    assert shared.clip is tiny.clip and shared.text_clip is tiny.clip
     events = list(engine.sample(_req(batch=2), parts, CPU))
     assert isinstance(events[-1], Final) and len(events[-1].images) == 2
 
 
 def test_the_presets_unclip_models_name_the_clips_the_preset_gives_them():
     """The committed prior and decoder were trained with the VQGAN and CLIPs the shapes preset hands
-    them: the embeddings from `unclip_clip` where the preset has one (else `clip`), the decoder's
-    token states from `clip`."""
+    them: the embeddings from `clip`, the decoder's token states from `text_encoder` where the preset
+    has one (else `clip`)."""
     preset = engine.load_preset("shapes")
     specs = engine.ENGINE_SPEC.components(preset)
-    embedding = specs.get("unclip_clip", specs["clip"]).location
+    embedding = specs["clip"].location
+    text = specs.get("text_encoder", specs["clip"]).location
     prior = json.loads((WEIGHTS / specs["unclip_prior"].location / "config.json").read_text())
     decoder = json.loads((WEIGHTS / specs["unclip_decoder"].location / "config.json").read_text())
     assert prior["clip"] == embedding
-    assert (decoder.get("image_clip") or decoder["clip"]) == embedding and decoder["clip"] == specs["clip"].location
+    assert (decoder.get("image_clip") or decoder["clip"]) == embedding and decoder["clip"] == text
     assert decoder["vqgan"] == specs["vqgan"].location
 
 

@@ -99,7 +99,10 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
                  for i, s in enumerate(out)]
     floor = [shapes.render(shapes.parse_caption(s.caption), size, s.seed + 2 * REFERENCE_SEED_OFFSET + i % samples)
              for i, s in enumerate(out)]
-    clip_spec = load_preset(clip_preset).components["clip"]
+    # the reports' CLIP metrics are read with the preset's first CLIP, which the diffusion model reads as its text
+    # encoder (`text_encoder` once the preset's `clip` became the one that sees shapes): one yardstick across reports
+    evaluator = load_preset(clip_preset).components
+    clip_spec = evaluator.get("text_encoder", evaluator["clip"])
     with registry.use(clip_spec) as (clip,):
         gen_f = metrics.image_features(clip, [s.image for s in out])
         ref_f = metrics.image_features(clip, reference)

@@ -64,10 +64,13 @@ def train_tokenizer(n_captions: int = 20_000, vocab_size: int = 600, seed: int =
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
-def build_clip(tokenizer, width: int = 128, layers: int = 4) -> CLIP:
+def build_clip(tokenizer, width: int = 128, layers: int = 4, tower: str | None = None) -> CLIP:
     """Both towers `width` wide and `layers` deep (32-wide heads), embeddings `width` long: the
-    built-in CLIP is 128 x 4 (1.7M parameters)."""
+    CLIP before the built-in one was 128 x 4. `tower="conv"`: the image tower is
+    `pipelines.models.clip.ConvTower` (pooled width 2 x `width`) in place of the ViT."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    from pipelines.models.clip import install_tower
 
     heads = max(1, width // 32)
     text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
@@ -75,10 +78,26 @@ def build_clip(tokenizer, width: int = 128, layers: int = 4) -> CLIP:
                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)
     # 32 px images in 4x4 patches: 64 patch tokens + CLS
-    vision = CLIPVisionConfig(image_size=SIZE, patch_size=4, hidden_size=width, intermediate_size=4 * width,
-                              num_hidden_layers=layers, num_attention_heads=heads)
+    if tower:   # the ViT fields stay valid but unused
+        vision = CLIPVisionConfig(image_size=SIZE, patch_size=4, hidden_size=2 * width, intermediate_size=2 * width,
+                                  num_hidden_layers=0, num_attention_heads=heads, tower=tower)
+    else:
+        vision = CLIPVisionConfig(image_size=SIZE, patch_size=4, hidden_size=width, intermediate_size=4 * width,
+                                  num_hidden_layers=layers, num_attention_heads=heads)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=width)
-    return CLIP(CLIPModel(config), tokenizer)
+    model = CLIPModel(config)
+    install_tower(model)
+    return CLIP(model, tokenizer)
+
+
+def with_text_of(clip: CLIP, donor: CLIP) -> CLIP:
+    """`clip` with the text tower, text projection, logit scale and tokenizer of `donor` (same width): a new
+    image tower learns against a text tower that already knows the words."""
+    clip.model.text_model.load_state_dict(donor.model.text_model.state_dict())
+    clip.model.text_projection.load_state_dict(donor.model.text_projection.state_dict())
+    clip.model.logit_scale.data.copy_(donor.model.logit_scale.data)
+    clip.tokenizer = donor.tokenizer
+    return clip
 
 
 def to_pixels(batch_u8: np.ndarray) -> torch.Tensor:
@@ -134,6 +153,7 @@ def evaluate(clip: CLIP, rounds: int = 5) -> dict:
         swap = F.normalize(clip.encode_text([w for _, w in pairs]), dim=-1)
     out["binding_acc"] = round(float(((img * true).sum(-1) > (img * swap).sum(-1)).float().mean()), 3)
     out["shape_acc"] = shape_accuracy(clip, np.random.default_rng([EVAL_SEED, 98]))
+    out.update(probes(clip))
     return out
 
 
@@ -150,6 +170,50 @@ def shape_accuracy(clip: CLIP, rng: np.random.Generator, n: int = 200) -> float:
     return round(float(((img * true).sum(-1) > (img * swap).sum(-1)).float().mean()), 3)
 
 
+def lone_objects(n: int, seed: int = 0):
+    """Renders of one object of a random shape, colour, size and position; the shape's and position's indices."""
+    rng = np.random.default_rng(seed)
+    colours, sizes, positions = list(shapes.PALETTE), list(shapes.SIZES), list(shapes.POSITIONS)
+    images, shape_ids, position_ids = [], [], []
+    for i in range(n):
+        s, colour = int(rng.integers(len(shapes.SHAPES))), colours[rng.integers(len(colours))]
+        size, p = sizes[rng.integers(len(sizes))], int(rng.integers(len(positions)))
+        if (colour, shapes.SHAPES[s]) in shapes.HELD_OUT:
+            continue
+        caption = f"a {size} {colour} {shapes.SHAPES[s]} {positions[p]}"
+        images.append(np.asarray(shapes.render(shapes.parse_caption(caption), 32, i)))
+        shape_ids.append(s)
+        position_ids.append(p)
+    return to_pixels(np.stack(images)) * 2 - 1, torch.tensor(shape_ids), torch.tensor(position_ids)
+
+
+def linear_probe(e: torch.Tensor, y: torch.Tensor, train: float = 0.8) -> float:
+    """Held-back accuracy of a softmax regression from embeddings e (N, D) to labels y (N,)."""
+    n = int(train * len(e))
+    w = torch.zeros(e.shape[1], int(y.max()) + 1, requires_grad=True)
+    b = torch.zeros(w.shape[1], requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(500):
+        opt.zero_grad()
+        loss = F.cross_entropy(e[:n] * 10 @ w + b, y[:n]) + 1e-4 * w.pow(2).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return ((e[n:] * 10 @ w + b).argmax(1) == y[n:]).float().mean().item()
+
+
+@torch.no_grad()
+def probes(clip: CLIP, n: int = 3000) -> dict:
+    """Linear probes (`linear_probe`) from the image embedding of lone objects to their shape and position:
+    the quick version of `bench/clip_probe.py`, logged while training (chance 16.7 % and 20 %)."""
+    from pipelines.models.unclip import image_embedding
+
+    x, shape_ids, position_ids = lone_objects(n, seed=1)
+    e = torch.cat([image_embedding(clip, x[k:k + 256]) for k in range(0, len(x), 256)])
+    with torch.enable_grad():
+        return {"probe_shape": round(linear_probe(e, shape_ids), 3), "probe_position": round(linear_probe(e, position_ids), 3)}
+
+
 def swap_shape(caption: str, rng: np.random.Generator) -> str:
     """The same caption with one object's shape changed to another (never to a held-out colour+shape
     pair): a caption only the shape tells apart from the original."""
@@ -159,6 +223,53 @@ def swap_shape(caption: str, rng: np.random.Generator) -> str:
     choices = [s for s in shapes.SHAPES if s != objs[k].shape and (objs[k].color, s) not in shapes.HELD_OUT]
     objs[k] = shapes.ObjectSpec(objs[k].color, choices[int(rng.integers(len(choices)))], objs[k].size)
     return shapes.Scene(tuple(objs), scene.position, scene.relation, scene.background).caption()
+
+
+CHANGES = ("shape", "colour", "size", "position", "relation", "background")
+
+
+def swap_one(caption: str, rng: np.random.Generator, kinds=CHANGES) -> str | None:
+    """The caption with one stated part changed, of a kind drawn from `kinds` among those the caption
+    states (an object's shape, colour or size, the position, the relation, the background), never to a
+    held-out colour+shape pair: a caption only that one attribute tells apart from the original.
+    None when the caption states none of them."""
+    scene = shapes.parse_caption(caption)
+    objs = list(scene.objects)
+    colours = list(shapes.PALETTE)
+    other = lambda values, current: [v for v in values if v != current]
+    options = []
+    for k, o in enumerate(objs):
+        if "shape" in kinds:
+            options.append(("shape", k, [x for x in other(shapes.SHAPES, o.shape) if (o.color, x) not in shapes.HELD_OUT]))
+        if "colour" in kinds:
+            options.append(("colour", k, [c for c in other(colours, o.color)
+                                          if (c, o.shape) not in shapes.HELD_OUT and c != scene.background]))
+        if "size" in kinds and o.size:
+            options.append(("size", k, other(list(shapes.SIZES), o.size)))
+    if "position" in kinds and scene.position:
+        options.append(("position", None, other(list(shapes.POSITIONS), scene.position)))
+    if "relation" in kinds and scene.relation:
+        options.append(("relation", None, other(shapes.RELATIONS, scene.relation)))
+    if "background" in kinds and scene.background:
+        options.append(("background", None, [c for c in other(colours, scene.background)
+                                              if all(c != o.color for o in objs)]))
+    options = [o for o in options if o[2]]
+    if not options:
+        return None
+    kind, k, values = options[int(rng.integers(len(options)))]
+    value = values[int(rng.integers(len(values)))]
+    position, relation, background = scene.position, scene.relation, scene.background
+    if kind in ("shape", "colour", "size"):
+        o = objs[k]
+        objs[k] = shapes.ObjectSpec(value if kind == "colour" else o.color, value if kind == "shape" else o.shape,
+                                    value if kind == "size" else o.size)
+    elif kind == "position":
+        position = value
+    elif kind == "relation":
+        relation = value
+    else:
+        background = value
+    return shapes.Scene(tuple(objs), position, relation, background).caption()
 
 
 def swap_colours(caption: str, rng: np.random.Generator) -> str | None:
@@ -193,14 +304,15 @@ def fragment(caption: str, rng: np.random.Generator) -> str:
     return parts[int(rng.integers(len(parts)))]
 
 
-def draw_batch(seed: int, n: int, hard_negatives: bool, fragments: float, shape_negatives: bool, step: int):
+def draw_batch(seed: int, n: int, hard_negatives: bool, fragments: float, changes: tuple, step: int):
     """One step's data, from the step alone (so --workers can render it ahead): the scenes (uint8) and
-    their captions, colour-swapped negative captions, and the shape negatives with their pictures.
+    their captions, colour-swapped negative captions, and the one-change negatives with their pictures.
 
     1. Colour-swapped captions are extra negatives for every image; some captions are cut to one part.
-    2. Shape negatives: each caption with one shape changed, and a picture of that changed caption.
-       Each is a negative for its own row alone (it may well fit another caption of the batch). Parts
-       without an object ("at the top") have none (None; has_object False): their column is masked.
+    2. One-change negatives (`changes`, kinds of `CHANGES`): each caption with one stated part changed
+       (`swap_one`), and a picture of that changed caption. Each is a negative for its own row alone (it
+       may well fit another caption of the batch). Parts without an object ("at the top") have none
+       (None; has_object False): their column is masked.
     """
     imgs, captions = shapes.sample_batch(n, SIZE, common.batch_rng(seed, step))
     rng = common.batch_rng(seed + 1, step)
@@ -209,15 +321,63 @@ def draw_batch(seed: int, n: int, hard_negatives: bool, fragments: float, shape_
         captions = [fragment(c, rng) if rng.random() < fragments else c for c in captions]
         negatives = [c for c in negatives if c not in captions]
     shape_neg, has_object, shape_imgs = [], [], None
-    if shape_negatives:
+    if changes:
         srng = common.batch_rng(seed + 2, step)
         for c in captions:
-            has_object.append(c.startswith("a "))  # object phrases come first and start with "a"
-            shape_neg.append(swap_shape(c, srng) if has_object[-1] else None)
+            # object phrases come first and start with "a"; only scenes have a one-change negative
+            neg = swap_one(c, srng, changes) if c.startswith("a ") else None
+            has_object.append(neg is not None)
+            shape_neg.append(neg)
         if any(has_object):
             shape_imgs = np.stack([np.asarray(shapes.render(shapes.parse_caption(c), SIZE, srng))
                                    for c in shape_neg if c])
     return imgs, captions, negatives, shape_neg, has_object, shape_imgs
+
+
+ATTRIBUTES = {"shape": len(shapes.SHAPES), "colour": len(shapes.PALETTE), "size": len(shapes.SIZES),
+              "position": len(shapes.POSITIONS), "relation": len(shapes.RELATIONS), "background": len(shapes.PALETTE),
+              "shape 2": len(shapes.SHAPES), "colour 2": len(shapes.PALETTE)}
+
+
+def attribute_labels(captions: list[str]) -> torch.Tensor:
+    """(N, len(ATTRIBUTES)) class indices of what each caption states, -100 where it states nothing of that kind
+    (a caption cut to "at the top" states only the position; a short caption no size or background)."""
+    colours, sizes, positions = list(shapes.PALETTE), list(shapes.SIZES), list(shapes.POSITIONS)
+    out = torch.full((len(captions), len(ATTRIBUTES)), -100, dtype=torch.long)
+    for i, c in enumerate(captions):
+        if c in shapes.POSITIONS:
+            out[i, 3] = positions.index(c)
+            continue
+        if c.startswith("on a "):
+            out[i, 5] = colours.index(c.split()[2])
+            continue
+        scene = shapes.parse_caption(c)
+        for j, o in enumerate(scene.objects):
+            out[i, 0 if j == 0 else 6] = shapes.SHAPES.index(o.shape)
+            out[i, 1 if j == 0 else 7] = colours.index(o.color)
+            if o.size and j == 0:
+                out[i, 2] = sizes.index(o.size)
+        if scene.position:
+            out[i, 3] = positions.index(scene.position)
+        if scene.relation:
+            out[i, 4] = shapes.RELATIONS.index(scene.relation)
+        if scene.background:
+            out[i, 5] = colours.index(scene.background)
+    return out
+
+
+class AttributeHeads(torch.nn.Module):
+    """Training only (not exported): one linear softmax head per attribute on the unit-norm image embedding,
+    the form the probes read, so that each stated attribute is held plainly, not only ranked."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n) for n in ATTRIBUTES.values())
+
+    def forward(self, e: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        losses = [F.cross_entropy(h(e * 10), labels[:, k], ignore_index=-100, reduction="sum")
+                  for k, h in enumerate(self.heads)]
+        return sum(losses) / max(1, int((labels != -100).sum()))
 
 
 def train(args) -> None:
@@ -225,18 +385,26 @@ def train(args) -> None:
     if args.init:  # fine-tune an exported CLIP (its tokenizer comes with it)
         clip = load_clip(args.init)
         clip.model.requires_grad_(True)
+    elif args.text_from:  # a new image tower against an exported CLIP's text tower (and its tokenizer)
+        donor = load_clip(args.text_from)
+        clip = with_text_of(build_clip(donor.tokenizer, donor.embed_dim, donor.model.config.text_config.num_hidden_layers,
+                                       args.tower), donor)
+        clip.model.requires_grad_(True)
     else:
-        clip = build_clip(train_tokenizer(seed=args.seed), args.width, args.layers)
+        clip = build_clip(train_tokenizer(seed=args.seed), args.width, args.layers, args.tower)
     tokenizer = clip.tokenizer
     log.info("CLIP with %d parameters, vocabulary %d", sum(p.numel() for p in clip.parameters()), len(tokenizer))
-    decay = [p for n, p in clip.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in clip.named_parameters() if p.ndim < 2]
+    heads = AttributeHeads(clip.embed_dim).to(accelerator.device) if args.attribute_loss else None
+    trained = torch.nn.ModuleDict({"clip": clip, **({"heads": heads} if heads is not None else {})})
+    decay = [p for n, p in trained.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in trained.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
     clip, opt, raw, start, _, metrics = common.start(args, accelerator, run_dir, clip, opt)
     gen = torch.Generator().manual_seed(args.seed)
     vqgan = from_pretrained(args.vqgan).eval().requires_grad_(False) if args.vqgan else None
-    augment = MakeCutouts(SIZE, 1, method="latest", augments=("Af", "Pe"), noise_fac=0.0) if args.augment else None
+    augment = (MakeCutouts(SIZE, 1, method="latest", augments=tuple(args.augment.split(",")), noise_fac=0.0)
+               if args.augment else None)
 
     def show(pixels):
         """What CLIP is shown of rendered pixels: VQGAN reconstructions, cutout jitter, mild noise."""
@@ -244,17 +412,18 @@ def train(args) -> None:
             with torch.no_grad():
                 half = len(pixels) // 2
                 pixels[:half] = vqgan(pixels[:half] * 2 - 1)[0].clamp(-1, 1).add(1).div(2)
-        if augment is not None:  # the affine and perspective jitter of the cutouts, one draw per image
+        if augment is not None:  # the jitter of the cutouts (--augment's codes), one draw per image
             with torch.no_grad():
                 pixels = augment.augment_batch(pixels, gen)
         # mild noise, like the cutouts of VQGAN+CLIP see
         return pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
 
     skipped = 0
+    stop = min(args.stop_at or args.steps, args.steps)   # --stop-at: export there, on the schedule of --steps
     batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.hard_negatives,
-                                                    args.fragments, args.shape_negatives),
-                                  start, args.steps, args.workers)
-    for step, (imgs, captions, negatives, shape_neg, has_object, shape_imgs) in zip(range(start, args.steps), batches):
+                                                    args.fragments, changes(args)),
+                                  start, stop, args.workers)
+    for step, (imgs, captions, negatives, shape_neg, has_object, shape_imgs) in zip(range(start, stop), batches):
         raw.train()
         common.set_lr(opt, step, args)
         pixels = show(to_pixels(imgs))
@@ -267,7 +436,7 @@ def train(args) -> None:
         txt = F.normalize(raw.encode_text(captions + negatives + [c for c in shape_neg if c]), dim=-1)
         logits = scale * img[:B] @ txt[:B + len(negatives)].t()  # (B, B + negatives)
         i2t, t2i = logits, logits[:, :B].t()
-        if args.shape_negatives:
+        if changes(args):
             rows = torch.tensor(has_object, device=img.device)
             own_txt = img.new_full((B,), -1e4)  # masked (finite: a soft target of 0 times -inf is NaN)
             own_img = img.new_full((B,), -1e4)
@@ -279,6 +448,10 @@ def train(args) -> None:
         target = same / same.sum(1, keepdim=True)
         pad = lambda t, n: torch.cat([t, t.new_zeros(B, n)], dim=1)
         loss = (F.cross_entropy(i2t, pad(target, i2t.shape[1] - B)) + F.cross_entropy(t2i, pad(target, t2i.shape[1] - B))) / 2
+        if heads is not None:   # each stated attribute, read linearly from the embedding of its picture
+            shown = captions + [c for c in shape_neg if c]
+            attr = heads(img, attribute_labels(shown).to(img.device))
+            loss = loss + args.attribute_loss * attr
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), float("inf"))  # measures, clips nothing
@@ -295,7 +468,7 @@ def train(args) -> None:
                           lr=opt.param_groups[0]["lr"])
         if args.sample_every > 0 and (step + 1) % args.sample_every == 0:
             metrics.write(step + 1, **evaluate(raw, rounds=1))
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == stop:
             common.save_checkpoint(run_dir, step + 1, raw, opt)
 
     raw.eval()
@@ -305,24 +478,46 @@ def train(args) -> None:
     log.info("final: %s", json.dumps(result))
 
 
+def changes(args) -> tuple[str, ...]:
+    """The kinds of one-change negatives asked for (--negatives; --shape-negatives is --negatives shape)."""
+    kinds = tuple(k for k in (args.negatives or "").split(",") if k)
+    return kinds or (("shape",) if args.shape_negatives else ())
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p)
     p.add_argument("--init", help="fine-tune this exported CLIP folder instead of starting from scratch")
     p.add_argument("--vqgan", help="a VQGAN folder: half of each batch is shown as this VQGAN reconstructs it")
-    p.add_argument("--augment", action="store_true", help="affine + perspective jitter as VQGAN+CLIP cutouts have")
+    p.add_argument("--augment", nargs="?", const="Af,Pe", default="", metavar="CODES",
+                   help="the VQGAN+CLIP cutouts' augmentations, one draw per image (alone: Af,Pe, affine + perspective "
+                        "jitter; the shapes preset's loop uses Af)")
     p.add_argument("--hard-negatives", action="store_true", help="colour-swapped captions as extra negatives")
     p.add_argument("--shape-negatives", action="store_true",
                    help="each caption with one shape changed, and a picture of it, as extra negatives")
+    p.add_argument("--negatives", default="", help="one-change negatives: each caption with one stated part changed "
+                   f"(a comma list of {', '.join(CHANGES)}), and a picture of it, as extra negatives")
+    p.add_argument("--tower", choices=["conv"], default=None,
+                   help="a new CLIP: a convolutional image tower (pipelines.models.clip.ConvTower) in place of the ViT")
+    p.add_argument("--text-from", help="a new image tower (--tower, --layers) against this exported CLIP's text "
+                   "tower, text projection and tokenizer, all trained on")
+    p.add_argument("--attribute-loss", type=float, default=0.0, help="weight of an extra loss: linear heads (not "
+                   "exported) read each stated attribute (shapes, colours, size, position, relation, background) "
+                   "from the unit-norm image embedding")
     p.add_argument("--fragments", type=float, default=0.0, help="share of captions replaced by one of their parts")
     p.add_argument("--width", type=int, default=128, help="from scratch: both towers' width and the embedding's length")
     p.add_argument("--layers", type=int, default=4, help="from scratch: both towers' depth")
     p.add_argument("--float16", action="store_true", help="export the weights in float16 (half the size; "
                    "loaded back as float32): a CLIP over 2.5M parameters stays under 10 MB")
+    p.add_argument("--stop-at", type=int, default=0, help="stop and export after this step, the learning-rate "
+                   "schedule still that of --steps (a first stage that a second, --init, continues)")
     p.add_argument("--eval-only", action="store_true", help="score the folder given by --out and exit")
     args = common.parse(p, "lab.train.clip", argv)
-    if args.init and (args.width, args.layers) != (128, 4):
-        p.error("--width and --layers size a CLIP trained from scratch; --init keeps the exported one's size")
+    if args.init and ((args.width, args.layers) != (128, 4) or args.tower or args.text_from):
+        p.error("--width, --layers, --tower and --text-from build a new CLIP; --init keeps the exported one as it is")
+    bad = set(k for k in args.negatives.split(",") if k) - set(CHANGES)
+    if bad:
+        p.error(f"--negatives: unknown kinds {sorted(bad)}; known: {', '.join(CHANGES)}")
     if args.eval_only:
         torch.set_num_threads(args.threads)
         print(json.dumps(evaluate(load_clip(args.out)), indent=2))

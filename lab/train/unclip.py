@@ -160,6 +160,12 @@ def train(args) -> None:
         model = load_unclip(args.init, kind=args.part).train()
         if args.part == "decoder" and args.text_inputs and args.text_inputs != model.config.text_inputs:
             model = with_text_inputs(model, args.text_inputs)     # new text states, read through zero weights at first
+        # the CLIPs it now learns from (another --clip: a new embedding space, read through the same layers)
+        if args.part == "prior":
+            model.config.clip = Path(args.clip).name
+        else:
+            model.config.clip = Path(args.text_clip or args.clip).name
+            model.config.image_clip = Path(args.clip).name if args.text_clip else ""
         log.info("initial model %s", args.init)
     else:
         model = new_model(args, clip, vqgan, text_clip)

@@ -346,8 +346,8 @@ class UnCLIPParts:
 
     `clip` gives every embedding (the prior's input and output, ranking, variations, the caption
     pool); `text_clip` (default: the same) is the text encoder whose token states the decoder reads,
-    as GLIDE-style decoders keep their own. A preset gives unCLIP a CLIP of its own as `unclip_clip`
-    (say, one trained to see shape, since the decoder paints variations from its image embedding alone).
+    as GLIDE-style decoders keep their own: the built-in preset's `text_encoder`, the CLIP before the one
+    that sees shapes, whose token states the diffusion model and the decoder learnt to read.
 
     The interface the engine uses (Karlo's adapter has the same):
         prior, decoder                 denoisers for `denoise` (conditional, sample_shape, scheduler_config)
