@@ -119,11 +119,9 @@ def run(req: DiffusionRequest, registry, should_stop: StopCheck = never_stop) ->
     req = validate(req)
     preset = load_preset(req.preset)
     specs = ENGINE_SPEC.components(preset)
-    if "text_encoder" in specs:   # the CLIP whose token states the model reads; the preset's own CLIP is not needed
-        specs.pop("clip", None)
     with registry.use(*specs.values()) as models:
         parts = dict(zip(specs, models))
-        info = {"preset": preset.name, "models": registry.describe(**specs)}
+        info = {"preset": preset.name, "models": registry.describe(*specs.values())}   # by kind
         yield from sample(req, parts["diffusion"], parts.get("vqgan"), parts.get("text_encoder", parts.get("clip")),
                           registry.device, should_stop, info, taesd=parts.get("taesd"))
 
@@ -372,7 +370,7 @@ ENGINE_SPEC = Engine(
     name=ENGINE, label="Diffusion", request=DiffusionRequest, run=run,
     # the built-in latent model needs a VQGAN and the CLIP it reads token states from: the preset's text_encoder
     # where it has one (the built-in preset: the CLIP before the one that sees shapes), else its clip
-    needs=(("diffusion",),), optional=("vqgan", "text_encoder", "clip", "taesd"),
+    needs=(("diffusion",),), optional=("vqgan", "text_encoder", "clip", "taesd"), replaces={"text_encoder": "clip"},
     limits={"steps": (1, MAX_STEPS), "guidance": (0, MAX_GUIDANCE), "eta": (0, 1), "batch": (1, MAX_BATCH),
             "strength": (0, 1), "preview_every": (AUTO, MAX_STEPS), "width": (0, MAX_SIDE), "height": (0, MAX_SIDE),
             "subseed_strength": (0, 1)},

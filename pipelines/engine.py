@@ -70,6 +70,7 @@ class Engine:
     needs: tuple[tuple[str, ...], ...]   # a preset serves it when it has every role of one of these sets
     optional: tuple[str, ...] = ()       # roles it also takes where the preset has them
     kinds: Mapping[str, tuple[str, ...]] = field(default_factory=dict)   # role -> the component kinds it can use
+    replaces: Mapping[str, str] = field(default_factory=dict)   # optional role -> the role it stands in for where present
     limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # field -> (lowest, highest)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)      # field -> allowed values
     image_fields: tuple[str, ...] = ()   # fields holding pictures: stored in metadata as digests only
@@ -104,7 +105,11 @@ class Engine:
                              f"({', '.join(' + '.join(r) for r in self.needs)}).")
         roles = next(r for r in self.needs if set(r) <= set(preset.components) and all(
             preset.components[k].kind in self.kinds.get(k, (preset.components[k].kind,)) for k in r))
-        return {r: preset.components[r] for r in (*roles, *self.optional) if r in preset.components}
+        out = {r: preset.components[r] for r in (*roles, *self.optional) if r in preset.components}
+        for role, instead_of in self.replaces.items():   # e.g. a text encoder of its own: the shared CLIP is not needed
+            if role in out:
+                out.pop(instead_of, None)
+        return out
 
     def defaults(self, preset=None) -> dict:
         """Every setting's default: the request's own, then the preset's for this engine."""

@@ -28,7 +28,7 @@ def parts(registry):
 
 def _sample(parts, **kw):
     req = engine.DiffusionRequest(**{"prompt": "a red circle", "steps": 4, "preview_every": 1, **kw})
-    return list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], torch.device("cpu")))
+    return list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["text_encoder"], torch.device("cpu")))
 
 
 # -- the model file -------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _stop_after(n: int):
 
 def test_stop_keeps_the_clean_estimate(parts):
     req = engine.DiffusionRequest(prompt="a red circle", steps=20, preview_every=0)
-    final = generate(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", _stop_after(2)))
+    final = generate(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["text_encoder"], "cpu", _stop_after(2)))
     assert final.stopped and final.meta["steps_done"] == 2 and final.meta["stopped"]
     assert final.images[0].size == (32, 32)
 
@@ -373,7 +373,7 @@ def test_previews_are_pictures_and_the_last_one_is_the_result(parts):
 
 def test_a_stopped_run_previews_the_picture_it_keeps(parts):
     req = engine.DiffusionRequest(prompt="a red circle", steps=25, preview_every=10)
-    evs = list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu", _stop_after(4)))
+    evs = list(engine.sample(req, parts["diffusion"], parts["vqgan"], parts["text_encoder"], "cpu", _stop_after(4)))
     final, last = evs[-1], [e for e in evs if isinstance(e, Step) and e.previews][-1]
     assert final.stopped and final.meta["steps_done"] == 4 and last.step == 4
     assert np.array_equal(np.asarray(last.previews["x0_pred"]), np.asarray(final.images[0]))

@@ -689,3 +689,18 @@ def test_out_of_memory_while_loading_is_a_clear_error():
     with pytest.raises(DeviceOutOfMemory, match="Out of memory"):
         reg.get(fake("a"))
     assert reg.status() == []
+
+
+def test_the_diffusion_engine_takes_the_presets_text_encoder_instead_of_its_clip():
+    """The built-in diffusion model reads the token states of the CLIP it was trained with (the preset's
+    `text_encoder`); the preset's `clip`, which sees shapes, is neither loaded nor counted for it."""
+    from pipelines.engines import ENGINES
+    from pipelines.presets import load_preset
+
+    shapes = load_preset("shapes")
+    specs = ENGINES["diffusion"].components(shapes)
+    assert specs["text_encoder"] == shapes.components["text_encoder"] and "clip" not in specs
+    assert ENGINES["vqgan_clip"].components(shapes)["clip"] == shapes.components["clip"]
+    assert ENGINES["dalle"].components(shapes)["clip"] == shapes.components["clip"]
+    unclip = ENGINES["unclip"].components(shapes)
+    assert unclip["clip"] == shapes.components["clip"] and unclip["text_encoder"] == shapes.components["text_encoder"]

@@ -85,7 +85,7 @@ def diffusion_parts(registry):
 def _diffusion(parts, **kw):
     req = diffusion_engine.DiffusionRequest(**{"prompt": "a red circle above a blue square", "steps": 8,
                                                "preview_every": 0, "batch": 2, **kw})
-    return generate(diffusion_engine.sample(req, parts["diffusion"], parts["vqgan"], parts["clip"], "cpu"))
+    return generate(diffusion_engine.sample(req, parts["diffusion"], parts["vqgan"], parts["text_encoder"], "cpu"))
 
 
 def test_diffusion_vary_seed(diffusion_parts):
