@@ -101,8 +101,8 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
              for i, s in enumerate(out)]
     # the reports' CLIP metrics are read with the preset's first CLIP, which the diffusion model reads as its text
     # encoder (`text_encoder` once the preset's `clip` became the one that sees shapes): one yardstick across reports
-    evaluator = load_preset(clip_preset).components
-    clip_spec = evaluator.get("text_encoder", evaluator["clip"])
+    components = load_preset(clip_preset).components
+    clip_spec = components.get("text_encoder", components["clip"])
     with registry.use(clip_spec) as (clip,):
         gen_f = metrics.image_features(clip, [s.image for s in out])
         ref_f = metrics.image_features(clip, reference)

@@ -217,12 +217,7 @@ def probes(clip: CLIP, n: int = 3000) -> dict:
 def swap_shape(caption: str, rng: np.random.Generator) -> str:
     """The same caption with one object's shape changed to another (never to a held-out colour+shape
     pair): a caption only the shape tells apart from the original."""
-    scene = shapes.parse_caption(caption)
-    objs = list(scene.objects)
-    k = int(rng.integers(len(objs)))
-    choices = [s for s in shapes.SHAPES if s != objs[k].shape and (objs[k].color, s) not in shapes.HELD_OUT]
-    objs[k] = shapes.ObjectSpec(objs[k].color, choices[int(rng.integers(len(choices)))], objs[k].size)
-    return shapes.Scene(tuple(objs), scene.position, scene.relation, scene.background).caption()
+    return swap_one(caption, rng, ("shape",))
 
 
 CHANGES = ("shape", "colour", "size", "position", "relation", "background")
@@ -343,26 +338,27 @@ def attribute_labels(captions: list[str]) -> torch.Tensor:
     """(N, len(ATTRIBUTES)) class indices of what each caption states, -100 where it states nothing of that kind
     (a caption cut to "at the top" states only the position; a short caption no size or background)."""
     colours, sizes, positions = list(shapes.PALETTE), list(shapes.SIZES), list(shapes.POSITIONS)
+    col = {name: k for k, name in enumerate(ATTRIBUTES)}
     out = torch.full((len(captions), len(ATTRIBUTES)), -100, dtype=torch.long)
     for i, c in enumerate(captions):
         if c in shapes.POSITIONS:
-            out[i, 3] = positions.index(c)
+            out[i, col["position"]] = positions.index(c)
             continue
         if c.startswith("on a "):
-            out[i, 5] = colours.index(c.split()[2])
+            out[i, col["background"]] = colours.index(c.split()[2])
             continue
         scene = shapes.parse_caption(c)
         for j, o in enumerate(scene.objects):
-            out[i, 0 if j == 0 else 6] = shapes.SHAPES.index(o.shape)
-            out[i, 1 if j == 0 else 7] = colours.index(o.color)
+            out[i, col["shape" if j == 0 else "shape 2"]] = shapes.SHAPES.index(o.shape)
+            out[i, col["colour" if j == 0 else "colour 2"]] = colours.index(o.color)
             if o.size and j == 0:
-                out[i, 2] = sizes.index(o.size)
+                out[i, col["size"]] = sizes.index(o.size)
         if scene.position:
-            out[i, 3] = positions.index(scene.position)
+            out[i, col["position"]] = positions.index(scene.position)
         if scene.relation:
-            out[i, 4] = shapes.RELATIONS.index(scene.relation)
+            out[i, col["relation"]] = shapes.RELATIONS.index(scene.relation)
         if scene.background:
-            out[i, 5] = colours.index(scene.background)
+            out[i, col["background"]] = colours.index(scene.background)
     return out
 
 
@@ -400,7 +396,10 @@ def train(args) -> None:
     no_decay = [p for n, p in trained.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98))
-    clip, opt, raw, start, _, metrics = common.start(args, accelerator, run_dir, clip, opt)
+    clip, opt, raw, start, extra, metrics = common.start(args, accelerator, run_dir, clip, opt)
+    if heads is not None and "heads" in extra:   # a resumed run keeps its attribute heads
+        heads.load_state_dict(extra["heads"])
+    kinds = changes(args)
     gen = torch.Generator().manual_seed(args.seed)
     vqgan = from_pretrained(args.vqgan).eval().requires_grad_(False) if args.vqgan else None
     augment = (MakeCutouts(SIZE, 1, method="latest", augments=tuple(args.augment.split(",")), noise_fac=0.0)
@@ -421,7 +420,7 @@ def train(args) -> None:
     skipped = 0
     stop = min(args.stop_at or args.steps, args.steps)   # --stop-at: export there, on the schedule of --steps
     batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.hard_negatives,
-                                                    args.fragments, changes(args)),
+                                                    args.fragments, kinds),
                                   start, stop, args.workers)
     for step, (imgs, captions, negatives, shape_neg, has_object, shape_imgs) in zip(range(start, stop), batches):
         raw.train()
@@ -436,7 +435,7 @@ def train(args) -> None:
         txt = F.normalize(raw.encode_text(captions + negatives + [c for c in shape_neg if c]), dim=-1)
         logits = scale * img[:B] @ txt[:B + len(negatives)].t()  # (B, B + negatives)
         i2t, t2i = logits, logits[:, :B].t()
-        if changes(args):
+        if kinds:
             rows = torch.tensor(has_object, device=img.device)
             own_txt = img.new_full((B,), -1e4)  # masked (finite: a soft target of 0 times -inf is NaN)
             own_img = img.new_full((B,), -1e4)
@@ -469,7 +468,7 @@ def train(args) -> None:
         if args.sample_every > 0 and (step + 1) % args.sample_every == 0:
             metrics.write(step + 1, **evaluate(raw, rounds=1))
         if (step + 1) % args.ckpt_every == 0 or step + 1 == stop:
-            common.save_checkpoint(run_dir, step + 1, raw, opt)
+            common.save_checkpoint(run_dir, step + 1, raw, opt, {"heads": heads.state_dict()} if heads is not None else None)
 
     raw.eval()
     save_clip(raw, args.out, float16=args.float16)

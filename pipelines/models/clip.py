@@ -58,10 +58,6 @@ class ConvTower(nn.Module):
         grid = config.image_size // 2 ** (len(self.WIDTHS) - 1)
         self.pool = nn.Linear(32 * grid * grid, config.hidden_size)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pool.weight.dtype
-
     def forward(self, pixel_values: torch.Tensor, **_):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
