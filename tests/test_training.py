@@ -303,3 +303,54 @@ def test_clip_width_depth_and_float16_export(tmp_path):
     assert "--width 64" in json.loads((out / "train.json").read_text())["command"]
     with pytest.raises(SystemExit):
         train_clip.main(["--out", str(tmp_path / "x"), "--init", str(out), "--width", "256"])
+
+
+def test_the_loop_adversary_runs_the_presets_loop_and_judges_finished_chains():
+    """LoopChains: batched VQGAN+CLIP loops on training captions move each picture towards its caption, a chain
+    that has run its iterations is judged and starts over on a new caption, and `sample` hands out
+    (caption, render, loop picture) triples of the chains old enough."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    clip = load_clip("presets/weights/shapes-clip-conv").eval()
+    vqgan = from_pretrained("presets/weights/shapes-vqgan").eval().requires_grad_(False)
+    chains = train_clip.LoopChains(vqgan, 4, 12, 0.2, 4, "Af", seed=0, device="cpu")
+    chains.age[:] = 0
+
+    def closeness():
+        with torch.no_grad():
+            return (F.normalize(clip.encode_image(chains.synth(chains.z)), dim=-1) * chains.target).sum(-1)
+
+    captions = list(chains.captions)
+    chains.advance(clip, 1)
+    before = closeness()
+    chains.advance(clip, 10)
+    assert closeness().mean() > before.mean() + 0.02       # the loop climbs towards its captions
+    assert chains.judged() == {} and chains.captions == captions
+    chains.advance(clip, 1)                                  # the 12th iteration: all four judged, all restarted
+    judged = chains.judged()
+    assert judged["loop_judged"] == 4 and 0 <= judged["loop_correct"] <= 1 and "loop_background_wrong" in judged
+    assert chains.captions != captions and (chains.age == 0).all()
+    chains.advance(clip, 2)
+    caps, renders, pictures = chains.sample(3, min_age=2)
+    assert len(caps) == 3 and renders.shape == (3, 32, 32, 3) and renders.dtype.name == "uint8"
+    assert pictures.shape == (3, 3, 32, 32) and 0 <= float(pictures.min()) and float(pictures.max()) <= 1
+    assert chains.sample(3, min_age=3)[0] == []              # none is that old yet
+
+
+def test_clip_trains_against_the_loop_and_stops_at_its_minutes(tmp_path):
+    """--adversary: the loops' pictures join the loss and their judged accuracy is logged; --minutes ends the
+    run at a step's end, exports, and records where (steps_done)."""
+    out, run = tmp_path / "clip", tmp_path / "run"
+    small = ["--batch", "4", "--width", "64", "--layers", "1", "--tower", "conv", "--sample-every", "0"]
+    train_clip.main(["--out", str(out), "--run-dir", str(run), "--steps", "3", "--log-every", "1", *small,
+                     "--adversary", "3", "--adversary-iterations", "2", "--adversary-advance", "1",
+                     "--adversary-batch", "2", "--adversary-min-age", "0", "--adversary-cutn", "2"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in log) and sum(r.get("loop_judged", 0) for r in log) >= 3
+    assert json.loads((out / "train.json").read_text())["steps_done"] == 3
+    train_clip.main(["--out", str(tmp_path / "short"), "--run-dir", str(tmp_path / "run2"), "--steps", "50",
+                     "--minutes", "1e-9", *small])
+    record = json.loads((tmp_path / "short" / "train.json").read_text())
+    assert record["steps_done"] == 1 and record["steps"] == 50
+    load_clip(tmp_path / "short")

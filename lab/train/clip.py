@@ -18,6 +18,7 @@ import argparse
 import functools
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import shapes
 from pipelines.models.clip import CLIP, load_clip, save_clip
 from pipelines.models.vqgan_files import from_pretrained
 from pipelines.vqgan_clip_cutouts import MakeCutouts
+from pipelines.vqgan_clip_ops import clamp_with_grad, codebook_bounds, init_z_from_tokens, vector_quantize
 from lab.train import common
 
 log = logging.getLogger("atelier.train.clip")
@@ -376,6 +378,114 @@ class AttributeHeads(torch.nn.Module):
         return sum(losses) / max(1, int((labels != -100).sum()))
 
 
+class LoopChains:
+    """The adversary of --adversary: `n` VQGAN+CLIP loops running against the CLIP being trained.
+
+    Each chain is the shapes preset's loop on one training caption (`pipelines/vqgan_clip.py`, batched):
+    random codebook tokens, Adam on the latents (lr), straight-through quantisation, the decoder, `cutn`
+    cutouts with the preset's augmentations and noise, the spherical distance to the caption's embedding,
+    latents clamped to the codebook's range. `advance` moves every chain on by some iterations with the
+    CLIP as it is now; a chain that has run `iterations` is judged (`lab.eval.judge`, logged as the loop's
+    accuracy on training captions) and starts over on a new caption. Ages start staggered, so the pictures
+    of every stage of a run are among the negatives at any time. Each chain keeps a clean render of its
+    caption: `sample` returns (caption, render, loop picture) triples, the render the positive and the
+    loop's picture the negative of that caption (`train`).
+    """
+
+    def __init__(self, vqgan, n: int, iterations: int, lr: float, cutn: int, augments: str, seed: int, device):
+        self.vqgan, self.n, self.iterations, self.lr, self.cutn = vqgan, n, iterations, lr, cutn
+        self.device = torch.device(device)
+        self.codebook = vqgan.codebook.detach().float().to(self.device)
+        self.z_min, self.z_max = (b.to(self.device) for b in codebook_bounds(self.codebook))
+        self.cutouts = MakeCutouts(SIZE, 1, method="latest", augments=tuple(a for a in augments.split(",") if a))
+        self.rng = np.random.default_rng([seed, 7])
+        self.gen = torch.Generator(self.device).manual_seed(seed + 7)
+        side = SIZE // vqgan.factor
+        self.z = torch.zeros(n, self.codebook.shape[1], side, side, device=self.device)
+        self.m, self.v = torch.zeros_like(self.z), torch.zeros_like(self.z)
+        self.age = torch.zeros(n, dtype=torch.long)
+        self.captions, self.renders = [""] * n, np.zeros((n, SIZE, SIZE, 3), np.uint8)
+        self.target = torch.zeros(n, 1, device=self.device)
+        self.picture = torch.zeros(n, 3, SIZE, SIZE, device=self.device)
+        self.verdicts: list = []       # (correct, failed attributes) of chains judged since the last `judged()`
+        self.restart(torch.arange(n))
+        self.age = torch.from_numpy(self.rng.integers(0, iterations, n))   # staggered: a chain's first run is shorter
+
+    def restart(self, idx: torch.Tensor) -> None:
+        """New captions (half with every part stated, as the evaluation's, half the stream's) and random tokens."""
+        side = self.z.shape[-1]
+        for i in idx.tolist():
+            scene = (shapes.full_caption_scene(self.rng) if self.rng.random() < 0.5 else shapes.random_scene(self.rng))
+            self.captions[i] = scene.caption()
+            self.renders[i] = np.asarray(shapes.render(scene, SIZE, self.rng))
+            tokens = torch.randint(len(self.codebook), (side * side,), generator=self.gen, device=self.device)
+            self.z[i] = init_z_from_tokens(tokens, self.codebook, side, side)[0]
+        self.m[idx], self.v[idx], self.age[idx] = 0, 0, 0
+        self.text_stale = True
+
+    def synth(self, z: torch.Tensor) -> torch.Tensor:
+        z_q = vector_quantize(z.movedim(1, 3), self.codebook).movedim(3, 1)
+        return clamp_with_grad(self.vqgan.decode(z_q).float().add(1).div(2), 0, 1)
+
+    def advance(self, clip: CLIP, steps: int) -> None:
+        """`steps` loop iterations of every chain against `clip` (its weights get no gradient)."""
+        if self.text_stale or clip.training:   # the captions' embeddings move as the CLIP trains
+            with torch.no_grad():
+                self.target = F.normalize(clip.encode_text(self.captions).float(), dim=-1)
+            self.text_stale = False
+        b1, b2, eps = 0.9, 0.999, 1e-8     # torch.optim.Adam's defaults, one step count per chain
+        for _ in range(steps):
+            z = self.z.detach().requires_grad_(True)
+            x = self.synth(z)
+            cuts = self.cutouts.augment_batch(x.repeat_interleave(self.cutn, 0), self.gen)
+            cuts = cuts + torch.rand(len(cuts), 1, 1, 1, generator=self.gen, device=self.device) * 0.1 * \
+                torch.randn(cuts.shape, generator=self.gen, device=self.device)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+                e = F.normalize(clip.encode_image(cuts).float(), dim=-1).view(self.n, self.cutn, -1)
+            chord = (e - self.target[:, None]).norm(dim=-1)
+            loss = chord.div(2).arcsin().pow(2).mul(2).mean(1).sum()   # pipelines.vqgan_clip_ops.spherical_dist
+            g, = torch.autograd.grad(loss, z)
+            with torch.no_grad():
+                self.picture = x.detach()
+                self.age += 1
+                t = self.age.to(self.device, torch.float32).view(-1, 1, 1, 1)
+                self.m.mul_(b1).add_(g, alpha=1 - b1)
+                self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = self.lr / (1 - b1 ** t)
+                self.z = torch.maximum(torch.minimum(self.z - step * self.m / ((self.v / (1 - b2 ** t)).sqrt() + eps),
+                                                     self.z_max), self.z_min)
+            done = (self.age >= self.iterations).nonzero().flatten()
+            if len(done):
+                self.judge(done)
+                self.restart(done)
+
+    def judge(self, idx: torch.Tensor) -> None:
+        from lab.eval.judge import judge
+
+        with torch.no_grad():
+            pictures = self.synth(self.z[idx.to(self.device)]).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        for k, i in enumerate(idx.tolist()):
+            v = judge(pictures[k], self.captions[i])
+            self.verdicts.append((v.correct, v.failed))
+
+    def judged(self) -> dict:
+        """The loop's accuracy on the training captions of the chains finished since the last call (judge)."""
+        if not self.verdicts:
+            return {}
+        out = {"loop_correct": round(float(np.mean([c for c, _ in self.verdicts])), 3), "loop_judged": len(self.verdicts)}
+        for kind in ("colour", "shape", "background", "position", "size"):
+            out[f"loop_{kind}_wrong"] = round(float(np.mean([any(kind in f for f in fs)
+                                                             for _, fs in self.verdicts])), 3)
+        self.verdicts = []
+        return out
+
+    def sample(self, m: int, min_age: int):
+        """Up to `m` chains at least `min_age` iterations old: their captions, renders (uint8) and current pictures."""
+        ready = (self.age >= min_age).nonzero().flatten().numpy()
+        pick = self.rng.choice(ready, size=min(m, len(ready)), replace=False) if len(ready) else ready
+        return [self.captions[i] for i in pick], self.renders[pick], self.picture[torch.from_numpy(pick).to(self.device)]
+
+
 def train(args) -> None:
     accelerator, run_dir = common.setup(args, "clip")
     if args.init:  # fine-tune an exported CLIP (its tokenizer comes with it)
@@ -401,12 +511,19 @@ def train(args) -> None:
         heads.load_state_dict(extra["heads"])
     kinds = changes(args)
     gen = torch.Generator().manual_seed(args.seed)
-    vqgan = from_pretrained(args.vqgan).eval().requires_grad_(False) if args.vqgan else None
+    vqgan = from_pretrained(args.vqgan).eval().requires_grad_(False).to(accelerator.device) if args.vqgan else None
     augment = (MakeCutouts(SIZE, 1, method="latest", augments=tuple(args.augment.split(",")), noise_fac=0.0)
                if args.augment else None)
+    chains = None
+    if args.adversary:   # the VQGAN+CLIP loop's own pictures as negatives (LoopChains)
+        loop_vqgan = from_pretrained(args.adversary_vqgan).eval().requires_grad_(False).to(accelerator.device)
+        chains = LoopChains(loop_vqgan, args.adversary, args.adversary_iterations, args.adversary_lr,
+                            args.adversary_cutn, args.adversary_augment, args.seed, accelerator.device)
 
     def show(pixels):
-        """What CLIP is shown of rendered pixels: VQGAN reconstructions, cutout jitter, mild noise."""
+        """What CLIP is shown of rendered pixels: VQGAN reconstructions, cutout jitter, mild noise (on the
+        training device; every draw from `gen`, on the CPU, so a run is the same wherever it runs)."""
+        pixels = pixels.to(accelerator.device)
         if vqgan is not None:  # half the images as the VQGAN draws them: all VQGAN+CLIP ever shows CLIP
             with torch.no_grad():
                 half = len(pixels) // 2
@@ -415,20 +532,32 @@ def train(args) -> None:
             with torch.no_grad():
                 pixels = augment.augment_batch(pixels, gen)
         # mild noise, like the cutouts of VQGAN+CLIP see
-        return pixels + torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
+        noise = torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
+        return pixels + noise.to(pixels.device)
 
     skipped = 0
     stop = min(args.stop_at or args.steps, args.steps)   # --stop-at: export there, on the schedule of --steps
     batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, args.hard_negatives,
                                                     args.fragments, kinds),
                                   start, stop, args.workers)
+    began, done = time.monotonic(), start
     for step, (imgs, captions, negatives, shape_neg, has_object, shape_imgs) in zip(range(start, stop), batches):
         raw.train()
         common.set_lr(opt, step, args)
+        A = 0
+        if chains is not None:   # rows of loop captions with their renders; the loop's pictures come last
+            chains.advance(raw, args.adversary_advance)
+            adv_captions, adv_renders, adv_pictures = chains.sample(args.adversary_batch, args.adversary_min_age)
+            A = len(adv_captions)
+            captions, imgs = captions + adv_captions, np.concatenate([imgs, adv_renders])
+            shape_neg, has_object = shape_neg + [None] * A, has_object + [False] * A
         pixels = show(to_pixels(imgs))
         B = len(captions)
+        n_changed = 0 if shape_imgs is None else len(shape_imgs)
         if shape_imgs is not None:
             pixels = torch.cat([pixels, show(to_pixels(shape_imgs))])
+        if A:
+            pixels = torch.cat([pixels, show(adv_pictures)])
         # 3. symmetric InfoNCE over the batch with the extra negatives
         scale = raw.model.logit_scale.exp().clamp(max=100)
         img = F.normalize(raw.encode_image(pixels.to(accelerator.device)), dim=-1)
@@ -440,8 +569,10 @@ def train(args) -> None:
             own_txt = img.new_full((B,), -1e4)  # masked (finite: a soft target of 0 times -inf is NaN)
             own_img = img.new_full((B,), -1e4)
             own_txt[rows] = scale * (img[:B][rows] * txt[B + len(negatives):]).sum(-1)
-            own_img[rows] = scale * (txt[:B][rows] * img[B:]).sum(-1)
+            own_img[rows] = scale * (txt[:B][rows] * img[B:B + n_changed]).sum(-1)
             i2t, t2i = torch.cat([i2t, own_txt[:, None]], 1), torch.cat([t2i, own_img[:, None]], 1)
+        if A:   # every caption must prefer its picture to every loop picture of the batch
+            t2i = torch.cat([t2i, scale * txt[:B] @ img[B + n_changed:].t()], 1)
         # identical captions in one batch are true matches too: spread the target over them
         same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32, device=img.device)
         target = same / same.sum(1, keepdim=True)
@@ -449,7 +580,7 @@ def train(args) -> None:
         loss = (F.cross_entropy(i2t, pad(target, i2t.shape[1] - B)) + F.cross_entropy(t2i, pad(target, t2i.shape[1] - B))) / 2
         if heads is not None:   # each stated attribute, read linearly from the embedding of its picture
             shown = captions + [c for c in shape_neg if c]
-            attr = heads(img, attribute_labels(shown).to(img.device))
+            attr = heads(img[:B + n_changed], attribute_labels(shown).to(img.device))
             loss = loss + args.attribute_loss * attr
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -464,16 +595,22 @@ def train(args) -> None:
         if (step + 1) % args.log_every == 0:
             acc = (logits[:, :len(captions)].argmax(1).cpu() == torch.arange(len(logits))).float().mean()
             metrics.write(step + 1, loss=loss.item(), batch_acc=acc.item(), scale=raw.model.logit_scale.exp().item(),
-                          lr=opt.param_groups[0]["lr"])
+                          lr=opt.param_groups[0]["lr"], **(chains.judged() if chains is not None else {}))
         if args.sample_every > 0 and (step + 1) % args.sample_every == 0:
             metrics.write(step + 1, **evaluate(raw, rounds=1))
-        if (step + 1) % args.ckpt_every == 0 or step + 1 == stop:
-            common.save_checkpoint(run_dir, step + 1, raw, opt, {"heads": heads.state_dict()} if heads is not None else None)
+        done = step + 1
+        late = common.out_of_time(args, began)
+        if done % args.ckpt_every == 0 or done == stop or late:
+            common.save_checkpoint(run_dir, done, raw, opt, {"heads": heads.state_dict()} if heads is not None else None)
+        if late:
+            log.info("--minutes %g reached: stopping after step %d of %d", args.minutes, done, args.steps)
+            break
 
-    raw.eval()
+    raw.eval().to("cpu")   # the scores below read CPU tensors
     save_clip(raw, args.out, float16=args.float16)
     result = evaluate(raw)
-    common.write_record(Path(args.out), args, result, parameters=sum(p.numel() for p in raw.parameters()))
+    common.write_record(Path(args.out), args, result, parameters=sum(p.numel() for p in raw.parameters()),
+                        steps_done=done)
     log.info("final: %s", json.dumps(result))
 
 
@@ -503,6 +640,16 @@ def main(argv=None) -> None:
     p.add_argument("--attribute-loss", type=float, default=0.0, help="weight of an extra loss: linear heads (not "
                    "exported) read each stated attribute (shapes, colours, size, position, relation, background) "
                    "from the unit-norm image embedding")
+    p.add_argument("--adversary", type=int, default=0, metavar="N", help="N VQGAN+CLIP loops run against the CLIP "
+                   "as it trains (LoopChains); their pictures are negatives for their captions and the batch's")
+    p.add_argument("--adversary-vqgan", default="presets/weights/shapes-vqgan", help="the loops' VQGAN")
+    p.add_argument("--adversary-iterations", type=int, default=300, help="a loop's length (the preset's default)")
+    p.add_argument("--adversary-lr", type=float, default=0.2, help="the loops' learning rate (the preset's default)")
+    p.add_argument("--adversary-cutn", type=int, default=16, help="the loops' cutouts (the preset's default)")
+    p.add_argument("--adversary-augment", default="Af", help="the loops' augmentations (the preset's default)")
+    p.add_argument("--adversary-advance", type=int, default=2, help="loop iterations per training step")
+    p.add_argument("--adversary-batch", type=int, default=64, help="loop pictures (and their captions) per step")
+    p.add_argument("--adversary-min-age", type=int, default=20, help="only pictures at least this many iterations old")
     p.add_argument("--fragments", type=float, default=0.0, help="share of captions replaced by one of their parts")
     p.add_argument("--width", type=int, default=128, help="from scratch: both towers' width and the embedding's length")
     p.add_argument("--layers", type=int, default=4, help="from scratch: both towers' depth")

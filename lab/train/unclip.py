@@ -35,6 +35,7 @@ import argparse
 import functools
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,7 @@ def train(args) -> None:
 
     batches = common.step_batches(functools.partial(draw_batch, args.seed, args.batch, cache is None, args.p_optional),
                                   start, args.steps, args.workers)
+    began, done = time.monotonic(), start
     for step, (imgs, captions, rng) in zip(range(start, args.steps), batches):
         raw.train()
         common.set_lr(opt, step, args)
@@ -226,6 +228,10 @@ def train(args) -> None:
             else:
                 write_decoder_grid(ema, vqgan, clip, text_clip, run_dir / f"samples_{step + 1:06d}.png", args)
             common.place(device, ema, vqgan, clip, text_clip)
+        done = step + 1
+        if common.out_of_time(args, began):
+            log.info("--minutes %g reached: stopping after step %d of %d", args.minutes, done, args.steps)
+            break
 
     ema.eval()
     common.place("cpu", ema, vqgan, clip, text_clip)
@@ -237,8 +243,8 @@ def train(args) -> None:
         final.update(prior_metrics(ema, clip, args.eval_scenes, args.seed + 1))
     else:
         write_decoder_grid(ema, vqgan, clip, text_clip, out / "samples.png", args)
-    common.write_record(out, args, final, parameters=n_params, images_seen=args.steps * args.batch,
-                        distinct_scenes=args.cache or args.steps * args.batch,
+    common.write_record(out, args, final, parameters=n_params, images_seen=done * args.batch, steps_done=done,
+                        distinct_scenes=args.cache or done * args.batch,
                         held_out_excluded=sorted(" ".join(p) for p in shapes.HELD_OUT))
 
 
