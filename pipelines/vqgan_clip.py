@@ -23,7 +23,11 @@ Where Atelier differs from the reference, on purpose:
     to gain (`compute_dtype`): at the 32 px shapes preset the decoder stays float32 and CLIP's
     pass over 16 cutouts runs in bfloat16; z, the quantiser, cutouts, losses, the optimiser and
     the final decode stay float32;
-  - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`).
+  - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`);
+  - random starts (`starts`, off by default): several random latent grids optimised side by side for
+    the first `starts_for` iterations, then only the one whose CLIP loss is lowest goes on. Where
+    the picture settles early (a background colour, say) and a run stays in the valley it fell in,
+    more starts find a better valley for a fraction of the cost of whole extra runs.
 
 `subseed` and `subseed_strength` vary the random start (pipelines/seeds.py); an init image has none.
 
@@ -68,6 +72,7 @@ MAX_ITERATIONS = 5000     # more is capped, with a notice
 MAX_SIDE = 512
 MAX_SIDE_CPU = 256
 MAX_CUTN = 128
+MAX_STARTS = 16
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ class VQGANCLIPRequest:
     precision: str = "auto"                        # autocast dtype of the decoder and CLIP passes (PRECISIONS)
     subseed: int = 0                               # vary seed (pipelines/seeds.py): the random start is mixed
     subseed_strength: float = 0.0                  # with the subseed's by this much; 0 = off
+    starts: int = 1                                # random starts optimised side by side at first
+    starts_for: int = 50                           # iterations before the best start is kept alone
 
     def replace(self, **kw) -> "VQGANCLIPRequest":
         return dataclasses.replace(self, **kw)
@@ -151,6 +158,8 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     _number("Init weight", req.init_weight, 0, 1e4)
     _number("Preview every", req.preview_every, AUTO, 10**6, integer=True)
     _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
+    _number("Random starts", req.starts, 1, MAX_STARTS, integer=True)
+    _number("Keep the best start after", req.starts_for, 1, 10**6, integer=True)
     if req.optimiser not in OPTIMISERS:
         raise ValueError(f"Optimiser must be one of {', '.join(OPTIMISERS)} (got {req.optimiser!r})")
     if req.precision not in PRECISIONS:
@@ -167,6 +176,9 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     if all(p.weight == 0 for ph in phases for p in ph) and all(ip.weight == 0 for ip in req.image_prompts) \
             and all(w == 0 for _, w in req.noise_prompts):
         raise ValueError("All prompt weights are zero: give at least one prompt a non-zero weight.")
+    if req.init_image is not None and int(req.starts) > 1:
+        notices.append("Random starts need a random start, and an init image is the start here: one start runs.")
+        req = req.replace(starts=1)
     if req.init_image is not None and float(req.subseed_strength) > 0:
         notices.append("Vary seed changes the random start, and an init image is the start here: "
                        "the subseed has no effect.")
@@ -199,12 +211,28 @@ def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop, re
 @dataclass
 class OptimiseState:
     """Where a paused run stands (CPU tensors: it pickles): the next iteration, the latents, the
-    optimiser's state, the generator's state and the seconds spent so far."""
+    optimiser's state, the generator's state, the seconds spent so far, and which random start went
+    on alone (None before the pick, or with one start)."""
     next: int
     z: torch.Tensor
     opt: dict
     gen: torch.Tensor
     seconds: float
+    kept: int | None = None
+
+
+def _keep_start(z: torch.Tensor, z_init: torch.Tensor, opt, k: int, optimiser, lr: float):
+    """Row k of the starts alone: new latents, their init, and an optimiser of the same kind that carries on
+    with row k of every per-element state (Adam's moments; its step count is shared)."""
+    one = z.detach()[k:k + 1].clone().requires_grad_(True)
+    state = opt.state_dict()
+    for st in state["state"].values():
+        for name, v in list(st.items()):
+            if torch.is_tensor(v) and v.shape[:1] == z.shape[:1] and v.dim() == z.dim():
+                st[name] = v[k:k + 1].clone()
+    new = optimiser([one], lr=lr)
+    new.load_state_dict(state)
+    return one, z_init[k:k + 1], new
 
 
 def _cpu(obj):
@@ -248,17 +276,18 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         x_init = media.to_tensor(init, (0, 1)).mul(2).sub(1).to(device)  # [-1, 1]
         with torch.no_grad():
             z = vqgan.encode(x_init)[0].float()
-    else:
-        tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
-        z = init_z_from_tokens(tokens, codebook, toks_h, toks_w)
-        strength = float(req.subseed_strength)
-        if strength > 0:        # vary seed: towards the subseed's random start (its own generator)
-            other = random_init_tokens(toks_h * toks_w, codebook.shape[0], seeded(int(req.subseed)))
-            z = slerp(strength, z, init_z_from_tokens(other, codebook, toks_h, toks_w))
-        z = z.to(device)
+    else:               # one grid of random codebook rows per start, the first drawn as a single start's
+        starts, sub = [], seeded(int(req.subseed))
+        for _ in range(int(req.starts)):
+            tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
+            z = init_z_from_tokens(tokens, codebook, toks_h, toks_w)
+            strength = float(req.subseed_strength)
+            if strength > 0:        # vary seed: towards the subseed's random start (its own generator)
+                other = random_init_tokens(toks_h * toks_w, codebook.shape[0], sub)
+                z = slerp(strength, z, init_z_from_tokens(other, codebook, toks_h, toks_w))
+            starts.append(z)
+        z = torch.cat(starts).to(device)
     z_init = z.detach().clone()
-    z = z.detach().clone().requires_grad_(True)
-    opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
 
     # 2. targets: text, image and noise prompts
     def synth(z, dtype=dtype):
@@ -297,13 +326,20 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         extra.append((f"loss/noise {seed}", PromptLoss(emb, weight)))
 
     total = int(req.iterations)
+    pick_at = min(int(req.starts_for), total) if len(z) > 1 else 0    # after this iteration one start goes on
     start, spent = 0, 0.0
     if resume is not None:      # everything above is rebuilt from the request; the moving parts are restored
         start, spent = resume.next, resume.seconds
-        with torch.no_grad():
-            z.copy_(resume.z.to(device))
-        opt.load_state_dict(resume.opt)
+        z = resume.z.to(device)                         # one start, or all of them before the pick
+        if len(z) < len(z_init):
+            z_init = z_init[resume.kept:resume.kept + 1]   # the pick was made before the pause
         gen.set_state(resume.gen)
+    kept = resume.kept if resume is not None else None  # the start that went on alone, once one has
+    lead = 0                                            # the row of z the previews show: the lowest loss so far
+    z = z.detach().clone().requires_grad_(True)
+    opt = OPTIMISERS[req.optimiser]([z], lr=req.lr)
+    if resume is not None:
+        opt.load_state_dict(resume.opt)
     phase_index = P.phase_at(phases, start - 1, int(req.change_prompt_every)) if start else 0
     losses = named(text_losses(phases[phase_index]) + extra)
     done = start
@@ -322,8 +358,13 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
             notice = f"Story phase {k + 1}: " + " | ".join(p.text for p in phases[k])
         opt.zero_grad(set_to_none=True)
         x = synth(z)
-        embeds = encode_image(cutouts(x, gen))
+        # each start's cutouts in turn (one start: exactly the single-picture loop); each term is the mean over all
+        embeds = encode_image(torch.cat([cutouts(x[k:k + 1], gen) for k in range(len(x))]))
         terms = {name: fn(embeds) for name, fn in losses}
+        if len(x) > 1:          # each start's own loss, to lead the previews and to pick the one that goes on
+            with torch.no_grad():
+                per_start = [sum(fn(e) for _, fn in losses) for e in embeds.view(len(x), -1, embeds.shape[-1])]
+            lead = int(torch.stack([v.float() for v in per_start]).argmin())
         if req.init_weight:
             terms["loss/init"] = F.mse_loss(z, z_init) * req.init_weight / (2 * (2 * i + 1))
         loss = sum(terms.values())
@@ -332,27 +373,36 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         with torch.no_grad():
             z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
         done = i + 1
+        if done == pick_at:     # the start CLIP likes best goes on alone, with its optimiser state
+            losses_now = ", ".join(f"{float(v):.3f}" for v in per_start)
+            kept = lead
+            z, z_init, opt = _keep_start(z, z_init, opt, kept, OPTIMISERS[req.optimiser], req.lr)
+            x = x[kept:kept + 1]
+            notice = ((notice + " ") if notice else "") + (
+                f"Kept random start {kept + 1} of {len(per_start)} after {done} iterations "
+                f"(CLIP losses {losses_now}).")
+            lead = 0
         metrics = {"loss": float(loss.detach()), **{n: float(v.detach()) for n, v in terms.items()}}
         previews = {}
         if cadence.due(i):
             t_preview = time.perf_counter()
             if done == total:                   # the last preview is the result itself (decoded as below)
                 with torch.no_grad():
-                    final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
-            previews["current"] = final if done == total else media.to_pil(x[0].detach(), value_range=(0, 1))
+                    final = media.to_pil(synth(z[lead:lead + 1], torch.float32)[0], value_range=(0, 1))
+            previews["current"] = final if done == total else media.to_pil(x[lead].detach(), value_range=(0, 1))
             cadence.took(i, time.perf_counter() - t_preview)
         yield Step(ENGINE, "optimise", done, total, previews=previews,
                    metrics={**metrics, **cadence.metrics}, elapsed_s=spent + time.perf_counter() - t0, notice=notice)
         stopping = should_stop()
         if max_steps is not None and done - start >= max_steps and done < total and not stopping:
             state = OptimiseState(done, _cpu(z), _cpu(opt.state_dict()), gen.get_state(),
-                                  spent + time.perf_counter() - t0)
+                                  spent + time.perf_counter() - t0, kept)
             yield Pause(ENGINE, state, done, total)
             return
         if stopping:
             if cadence.every and done < total:  # the picture Stop keeps, as the last preview
                 with torch.no_grad():
-                    final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
+                    final = media.to_pil(synth(z[lead:lead + 1], torch.float32)[0], value_range=(0, 1))
                 yield Step(ENGINE, "optimise", done, total, previews={"current": final},
                            metrics={**metrics, **cadence.metrics}, elapsed_s=time.perf_counter() - t0)
             break
@@ -360,10 +410,11 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     # 4. the final image from the last z, decoded in float32 (the last preview's, when it was one)
     if final is None:
         with torch.no_grad():
-            final = media.to_pil(synth(z, torch.float32)[0], value_range=(0, 1))
+            final = media.to_pil(synth(z[lead:lead + 1], torch.float32)[0], value_range=(0, 1))
     meta = {
         "engine": ENGINE, "app_version": __version__, **(info or {}),
         "settings": _settings(req), "iterations_done": done, "stopped": done < total,
+        **({"kept_start": kept + 1} if kept is not None else {}),
         "seconds": round(spent + time.perf_counter() - t0, 2), "device": str(device),
         "precision": {"decoder": str(dtype).removeprefix("torch."), "clip": str(clip_dtype).removeprefix("torch.")},
     }
@@ -393,7 +444,7 @@ ENGINE_SPEC = Engine(
     name=ENGINE, label="VQGAN+CLIP", request=VQGANCLIPRequest, run=run,
     needs=(("vqgan", "clip"),), kinds={"vqgan": ("vqgan",)},   # a VQGAN it can encode and optimise (not min-dalle's decoder)
     limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN),
-            "subseed_strength": (0, 1)},
+            "subseed_strength": (0, 1), "starts": (1, MAX_STARTS)},
     choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},
     image_fields=("image_prompts", "init_image"),
     parse={"image_prompts": image_prompts_from, "noise_prompts": noise_prompts_from,
@@ -404,10 +455,11 @@ ENGINE_SPEC = Engine(
     settings=_settings,
     check=lambda req, models, device: validate(req, getattr(models.get("vqgan"), "factor", 1), device) and None,
     # an iteration: decode, cutouts, CLIP; its cost grows with the picture's area and the cutouts
-    work=lambda req: req.iterations * max(1.0, req.width * req.height / 1024) * max(1.0, req.cutn / 16),
+    work=lambda req: (req.iterations + (req.starts - 1) * min(req.starts_for, req.iterations))
+    * max(1.0, req.width * req.height / 1024) * max(1.0, req.cutn / 16),
     cost=(0.04, 0.031),       # measured: shapes preset, one CPU thread (pipelines/estimate.py)
     # held at once: the decoder's activations (with gradients) grow with the area, CLIP's with the cutouts
-    memory_work=lambda req: req.width * req.height / 1024 + req.cutn / 3,
+    memory_work=lambda req: req.starts * (req.width * req.height / 1024 + req.cutn / 3),
     memory_cost=5.5 * 2**20,  # measured: peak resident growth, shapes preset, CPU (pipelines/estimate.py)
     pausable=True,
     fps=10)

@@ -21,6 +21,13 @@ def _same(a, b) -> bool:
     return all(np.array_equal(_px(x), _px(y)) for x, y in zip(a, b))
 
 
+def _same_but_rounding(a, b) -> bool:
+    """The same pictures where float sums may differ in their last bits (a batch of frames against one frame at a
+    time): no value more than one grey level apart, and almost all equal."""
+    d = [np.abs(_px(x) - _px(y)) for x, y in zip(a, b)]
+    return len(a) == len(b) and all(x.max() <= 1 and x.mean() < 0.01 for x in d)
+
+
 def _dist(a, b) -> float:
     return float(np.mean([np.abs(_px(x) - _px(y)).mean() for x, y in zip(a, b)]))
 
@@ -137,7 +144,8 @@ def test_unclip_vary_seed_moves_the_prior_and_the_decoder(unclip_parts):
             pieces = events[-1]
             break
         state = events[-1].state
-    assert _same(whole.images, pieces.images)
+    # the whole run decodes its 3 frames as one batch, the pieces one frame each: float32 sums may round apart
+    assert _same_but_rounding(whole.images, pieces.images)
 
 
 def _vqgan(registry, **kw):

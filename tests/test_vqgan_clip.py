@@ -113,6 +113,9 @@ def test_image_noise_and_init_prompts(registry):
     (dict(cutn=0), "Cutouts"),
     (dict(seed=-1), "Seed"),
     (dict(precision="float8"), "Precision must be one of auto, float32, bfloat16"),
+    (dict(starts=0), "Random starts"),
+    (dict(starts=17), "Random starts"),
+    (dict(starts=2, starts_for=0), "Keep the best start"),
 ])
 def test_bad_input_clear_message(registry, kw, words):
     with pytest.raises(ValueError, match=words):
@@ -183,3 +186,42 @@ def test_command_line(tmp_path, capsys):
     assert media.read_meta(out)["settings"]["iterations"] == 4
     assert main(["vqgan_clip", "a:b:c", "--out", str(out)]) == 2
     assert "error:" in capsys.readouterr().out
+
+
+def _pieces(registry, request, max_steps):
+    """A run in bounded pieces, each resumed from the last one's Pause (as a ZeroGPU Space runs it)."""
+    out, state = [], None
+    while True:
+        evs = list(E.run(request, registry, resume=state, max_steps=max_steps))
+        out += [e for e in evs if isinstance(e, Step)]
+        if isinstance(evs[-1], Final):
+            return out, evs[-1]
+        state = evs[-1].state
+
+
+def test_random_starts_keep_the_one_clip_likes_best(registry):
+    """starts: the random starts run side by side, then the one with the lowest CLIP loss goes on alone (a
+    notice names it and every start's loss; the metadata keeps it); previews show the leading start and the last
+    is the result; a run in pieces, paused before and after the pick, makes the same picture."""
+    r = req(prompt="a red circle on a blue background", starts=3, starts_for=4, iterations=8, preview_every=1,
+            precision="float32")
+    evs = list(E.run(r, registry))
+    final = evs[-1]
+    notes = [e.notice for e in evs if isinstance(e, Step) and e.notice]
+    assert len(notes) == 1 and notes[0].startswith("Kept random start ") and " of 3 after 4 iterations" in notes[0]
+    kept = int(notes[0].split()[3])
+    losses = [float(v) for v in notes[0].split("(CLIP losses ")[1].rstrip(").").split(", ")]
+    assert len(losses) == 3 and losses[kept - 1] == min(losses)
+    assert final.meta["kept_start"] == kept and final.meta["settings"]["starts"] == 3
+    last = [e for e in evs if isinstance(e, Step)][-1].previews["current"]
+    assert np.array_equal(np.asarray(last), np.asarray(final.images[0]))
+    steps, whole = _pieces(registry, r, 3)      # pauses after iterations 3 (3 starts) and 6 (one)
+    assert np.array_equal(np.asarray(whole.images[0]), np.asarray(final.images[0]))
+    assert whole.meta["kept_start"] == kept
+    # one start is the single-picture loop itself; an init image is one start (with a notice)
+    one = generate(E.run(req(seed=3), registry)).images[0]
+    assert np.array_equal(np.asarray(one), np.asarray(generate(E.run(req(seed=3, starts=1), registry)).images[0]))
+    init = Image.new("RGB", (32, 32), (200, 30, 30))
+    evs = list(E.run(req(init_image=init, starts=4), registry))
+    assert any("one start runs" in (e.notice or "") for e in evs if isinstance(e, Step))
+    assert "kept_start" not in evs[-1].meta

@@ -19,7 +19,7 @@ EXAMPLES = [[EXAMPLE],
             ["a red circle on a blue background ^ a white square on a black background"]]
 RUN_FIELDS = ["preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "targets",
               "target_weights", "init_image", "init_weight", "noise_seeds", "noise_weights", "lr", "optimiser", "cutn",
-              "cut_pow", "cut_method", "augments", "change_prompt_every", "precision"]
+              "cut_pow", "cut_method", "augments", "change_prompt_every", "precision", "starts", "starts_for"]
 OUTPUTS = ("preview", "status", "final", "video", "files", "settings")
 
 
@@ -94,6 +94,12 @@ def build(registry, runs) -> None:
                     inp("cutn", gr.Number(label="Cutouts", value=d["cutn"], precision=0))
                     inp("cut_pow", gr.Number(label="Cut power", value=d["cut_pow"]))
                     inp("cut_method", gr.Dropdown(list(CUT_METHODS), value=d["cut_method"], label="Cutout method"))
+                with gr.Row():
+                    inp("starts", gr.Number(label="Random starts", value=d["starts"], precision=0, elem_id="vqc_starts",
+                                            info="optimised side by side at first; then the one CLIP likes best goes "
+                                                 "on alone (1 = off)"))
+                    inp("starts_for", gr.Number(label="Keep the best start after N iterations", value=d["starts_for"],
+                                                precision=0, elem_id="vqc_starts_for"))
                 inp("augments", gr.CheckboxGroup(list(AUGMENT_CODES), value=list(d["augments"]),
                                                  label="Augmentations"))
                 inp("precision", gr.Dropdown(list(PRECISIONS), value=d["precision"], label="Precision",
@@ -116,7 +122,8 @@ def build(registry, runs) -> None:
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "seed", "width", "height", "iterations",
                                                "preview_every", "init_weight", "lr", "optimiser", "cutn", "cut_pow",
                                                "cut_method", "augments", "change_prompt_every", "precision",
-                                               "subseed", "subseed_strength")],
-             preset_fields=("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments"),
+                                               "subseed", "subseed_strength", "starts", "starts_for")],
+             preset_fields=("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments",
+                            "starts", "starts_for"),
              images_named="target images and init image")
     return gen_event
