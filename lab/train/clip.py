@@ -623,6 +623,7 @@ def changes(args) -> tuple[str, ...]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(p)
+    common.add_minutes_arg(p)
     p.add_argument("--init", help="fine-tune this exported CLIP folder instead of starting from scratch")
     p.add_argument("--vqgan", help="a VQGAN folder: half of each batch is shown as this VQGAN reconstructs it")
     p.add_argument("--augment", nargs="?", const="Af,Pe", default="", metavar="CODES",

@@ -40,9 +40,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-every", type=int, default=500, help="sample grids every N steps (0: none while training)")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--resume", action="store_true", help="continue from run-dir/checkpoint.pt")
-    p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes of training, at a step's "
-                   "end, and export there (a lease's budget); train.json's steps_done says where, and the schedule "
-                   "stays that of --steps")
     p.add_argument("--workers", type=int, default=0,
                    help="processes that draw and render the next batches while the model trains (0: inline); "
                         "the batches are the same either way")
@@ -165,6 +162,13 @@ def parse(parser: argparse.ArgumentParser, module: str, argv=None):
     args = parser.parse_args(argv)
     args.command = f"python -m {module} {shlex.join(argv)}"
     return args
+
+
+def add_minutes_arg(p: argparse.ArgumentParser) -> None:
+    """--minutes, for the trainers whose loop checks `out_of_time` (clip, unclip)."""
+    p.add_argument("--minutes", type=float, default=0, help="stop after this many minutes of training, at a step's "
+                   "end, and export there (a lease's budget); train.json's steps_done says where, and the schedule "
+                   "stays that of --steps")
 
 
 def out_of_time(args, since: float) -> bool:

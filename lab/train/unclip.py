@@ -287,6 +287,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("part", choices=["prior", "decoder"])
     common.add_common_args(p)
+    common.add_minutes_arg(p)
     common.add_caption_args(p)
     p.set_defaults(lr=5e-4, batch=64)
     p.add_argument("--vqgan", default="presets/weights/shapes-vqgan")
