@@ -277,11 +277,10 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
         with torch.no_grad():
             z = vqgan.encode(x_init)[0].float()
     else:               # one grid of random codebook rows per start, the first drawn as a single start's
-        starts, sub = [], seeded(int(req.subseed))
+        starts, sub, strength = [], seeded(int(req.subseed)), float(req.subseed_strength)
         for _ in range(int(req.starts)):
             tokens = random_init_tokens(toks_h * toks_w, codebook.shape[0], gen)
             z = init_z_from_tokens(tokens, codebook, toks_h, toks_w)
-            strength = float(req.subseed_strength)
             if strength > 0:        # vary seed: towards the subseed's random start (its own generator)
                 other = random_init_tokens(toks_h * toks_w, codebook.shape[0], sub)
                 z = slerp(strength, z, init_z_from_tokens(other, codebook, toks_h, toks_w))

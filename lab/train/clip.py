@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import shapes
 from pipelines.models.clip import CLIP, load_clip, save_clip
 from pipelines.models.vqgan_files import from_pretrained
+from pipelines.presets import load_preset
 from pipelines.vqgan_clip_cutouts import MakeCutouts
 from pipelines.vqgan_clip_ops import clamp_with_grad, codebook_bounds, init_z_from_tokens, vector_quantize
 from lab.train import common
@@ -438,8 +439,8 @@ class LoopChains:
             z = self.z.detach().requires_grad_(True)
             x = self.synth(z)
             cuts = self.cutouts.augment_batch(x.repeat_interleave(self.cutn, 0), self.gen)
-            cuts = cuts + torch.rand(len(cuts), 1, 1, 1, generator=self.gen, device=self.device) * 0.1 * \
-                torch.randn(cuts.shape, generator=self.gen, device=self.device)
+            cuts = cuts + torch.rand(len(cuts), 1, 1, 1, generator=self.gen, device=self.device) * \
+                self.cutouts.noise_fac * torch.randn(cuts.shape, generator=self.gen, device=self.device)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
                 e = F.normalize(clip.encode_image(cuts).float(), dim=-1).view(self.n, self.cutn, -1)
             chord = (e - self.target[:, None]).norm(dim=-1)
@@ -516,7 +517,8 @@ def train(args) -> None:
                if args.augment else None)
     chains = None
     if args.adversary:   # the VQGAN+CLIP loop's own pictures as negatives (LoopChains)
-        loop_vqgan = from_pretrained(args.adversary_vqgan).eval().requires_grad_(False).to(accelerator.device)
+        loop_vqgan = (vqgan if args.adversary_vqgan == args.vqgan else
+                      from_pretrained(args.adversary_vqgan).eval().requires_grad_(False).to(accelerator.device))
         chains = LoopChains(loop_vqgan, args.adversary, args.adversary_iterations, args.adversary_lr,
                             args.adversary_cutn, args.adversary_augment, args.seed, accelerator.device)
 
@@ -644,10 +646,11 @@ def main(argv=None) -> None:
     p.add_argument("--adversary", type=int, default=0, metavar="N", help="N VQGAN+CLIP loops run against the CLIP "
                    "as it trains (LoopChains); their pictures are negatives for their captions and the batch's")
     p.add_argument("--adversary-vqgan", default="presets/weights/shapes-vqgan", help="the loops' VQGAN")
-    p.add_argument("--adversary-iterations", type=int, default=300, help="a loop's length (the preset's default)")
-    p.add_argument("--adversary-lr", type=float, default=0.2, help="the loops' learning rate (the preset's default)")
-    p.add_argument("--adversary-cutn", type=int, default=16, help="the loops' cutouts (the preset's default)")
-    p.add_argument("--adversary-augment", default="Af", help="the loops' augmentations (the preset's default)")
+    loop = load_preset("shapes").defaults["vqgan_clip"]   # the loops run as the built-in preset's (one start)
+    p.add_argument("--adversary-iterations", type=int, default=loop["iterations"], help="a loop's length (the built-in preset's: %(default)s)")
+    p.add_argument("--adversary-lr", type=float, default=loop["lr"], help="the loops' learning rate (the built-in preset's: %(default)s)")
+    p.add_argument("--adversary-cutn", type=int, default=loop["cutn"], help="the loops' cutouts (the built-in preset's: %(default)s)")
+    p.add_argument("--adversary-augment", default=",".join(loop["augments"]), help="the loops' augmentations (the built-in preset's: %(default)s)")
     p.add_argument("--adversary-advance", type=int, default=2, help="loop iterations per training step")
     p.add_argument("--adversary-batch", type=int, default=64, help="loop pictures (and their captions) per step")
     p.add_argument("--adversary-min-age", type=int, default=20, help="only pictures at least this many iterations old")

@@ -17,14 +17,8 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder the results go to}
 STEPS=${STEPS:-3000}        # of 256 images each: 0.77M images per model, about 5 minutes side by side on an H200
 EVAL=${EVAL:-100}           # diffusion captions per category (unCLIP: a third of it)
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d .whl ] && ! $PY -c "import diffusers" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-mkdir -p "$OUT" runs/gpu
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
+source lab/train/gpu_env.sh      # PY, offline Python, the carried wheels, $OUT, env.txt
+mkdir -p runs/gpu
 common="--batch 256 --lr 3e-4 --workers 4 --threads 2 --ema 0.999 --ema-start 0 --log-every 100 --sample-every 0 --ckpt-every 1000 --steps $STEPS"
 $PY -m lab.train.diffusion --init presets/weights/shapes-diffusion --p-optional 0.9 --seed 31 $common \
     --out runs/gpu/dif --run-dir runs/gpu/run_dif > "$OUT/train_dif.log" 2>&1 &

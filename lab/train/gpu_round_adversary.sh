@@ -23,15 +23,9 @@ LOOP=${LOOP:-300}                 # a loop's iterations (the preset's default)
 PAIR_STEPS=${PAIR_STEPS:-4000}
 PAIR_MINUTES=${PAIR_MINUTES:-2.5}
 PAIR=${PAIR:-1}                   # 0: the CLIP alone (the pair then follows on the CPU)
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d .whl ] && ! $PY -c "import diffusers" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
+source lab/train/gpu_env.sh      # PY, offline Python, the carried wheels, $OUT, env.txt
 G=runs/gpu_adv
-mkdir -p "$OUT" "$G"
-$PY -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)" | tee "$OUT/env.txt"
+mkdir -p "$G"
 
 # 1. the CLIP: the committed one's recipe (lab/logs/shapes-clip-conv), fine-tuned with the loops beside it
 $PY -m lab.train.clip --init "$CLIP_INIT" --vqgan presets/weights/shapes-vqgan --augment Af \

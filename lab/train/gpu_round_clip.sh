@@ -28,15 +28,9 @@ PAIR_STEPS=${PAIR_STEPS:-3000}
 WIDTH=${WIDTH:-192}        # 192 x 4: 3.8M parameters, 7.6 MB in float16 (the committed CLIP: 1.7M)
 LAYERS=${LAYERS:-4}
 EVAL=${EVAL:-10}            # captions per category for the harness and the variations bench
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if [ -d .whl ] && ! $PY -c "import diffusers" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
+source lab/train/gpu_env.sh      # PY, offline Python, the carried wheels, $OUT, env.txt
 G=runs/gpu_clip
-mkdir -p "$OUT" "$G"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
+mkdir -p "$G"
 
 # 1. the CLIP (its name is the folder's: the decoder records it as image_clip)
 $PY -m lab.train.clip --width "$WIDTH" --layers "$LAYERS" --shape-negatives --hard-negatives --float16 \
