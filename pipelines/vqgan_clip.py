@@ -24,6 +24,9 @@ Where Atelier differs from the reference, on purpose:
     pass over 16 cutouts runs in bfloat16; z, the quantiser, cutouts, losses, the optimiser and
     the final decode stay float32;
   - the Af/Pe augmentations resample once for the whole run of codes (`WarpAugment`);
+  - the cutouts' noise is a setting (`cut_noise`, the reference's fixed 0.1 by default): the shapes preset
+    uses 0.03, within the noise its CLIP was trained on (up to 0.05); at 0.1 and 0.3 its pictures came out
+    right less often (docs/model-history.md);
   - random starts (`starts`, off by default): several random latent grids optimised side by side for
     the first `starts_for` iterations, then only the one whose CLIP loss is lowest goes on. Where
     the picture settles early (a background colour, say) and a run stays in the valley it fell in,
@@ -100,6 +103,7 @@ class VQGANCLIPRequest:
     cutn: int = 16
     cut_pow: float = 1.0
     cut_method: str = "latest"
+    cut_noise: float = 0.1                         # cutout k gets N(0, s_k^2) noise, s_k ~ U(0, cut_noise)
     augments: tuple[str, ...] = ("Af", "Pe")
     preview_every: int = 5                         # 0 = no previews (and no video frames); -1 (AUTO): under 10 %
     change_prompt_every: int = 0                   # story mode: next '^' phase every N iterations
@@ -155,6 +159,7 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     _number("Learning rate", req.lr, 1e-5, 10)
     _number("Cutouts", req.cutn, 1, MAX_CUTN, integer=True)
     _number("Cut power", req.cut_pow, 0.01, 10)
+    _number("Cutout noise", req.cut_noise, 0, 1)
     _number("Init weight", req.init_weight, 0, 1e4)
     _number("Preview every", req.preview_every, AUTO, 10**6, integer=True)
     _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
@@ -262,7 +267,8 @@ def optimise(req: VQGANCLIPRequest, vqgan, clip, device, should_stop: StopCheck 
     toks_h, toks_w = H // vqgan.factor, W // vqgan.factor
     codebook = vqgan.codebook.detach().float()
     z_min, z_max = (b.to(device) for b in codebook_bounds(codebook))
-    cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments)
+    cutouts = MakeCutouts(clip.image_size, int(req.cutn), req.cut_pow, req.cut_method, req.augments,
+                          noise_fac=float(req.cut_noise))
     dtype = compute_dtype(device, req.precision, H * W)                          # the decoder's passes
     clip_dtype = compute_dtype(device, req.precision, clip.image_size ** 2 * int(req.cutn))  # CLIP's, all cutouts
 
@@ -443,7 +449,7 @@ ENGINE_SPEC = Engine(
     name=ENGINE, label="VQGAN+CLIP", request=VQGANCLIPRequest, run=run,
     needs=(("vqgan", "clip"),), kinds={"vqgan": ("vqgan",)},   # a VQGAN it can encode and optimise (not min-dalle's decoder)
     limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN),
-            "subseed_strength": (0, 1), "starts": (1, MAX_STARTS)},
+            "subseed_strength": (0, 1), "starts": (1, MAX_STARTS), "cut_noise": (0, 1)},
     choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},
     image_fields=("image_prompts", "init_image"),
     parse={"image_prompts": image_prompts_from, "noise_prompts": noise_prompts_from,

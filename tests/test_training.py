@@ -98,7 +98,43 @@ def test_clip_trains_and_exports_a_hub_style_folder(tmp_path):
     assert clip.encode_text(["a red circle"]).shape == (1, 128)
     assert clip.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 128)
     assert set(json.loads((out / "train.json").read_text())["metrics"]) == {
-        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc", "shape_acc", "probe_shape", "probe_position"}
+        "r1_seen_full", "r1_heldout_full", "r1_seen_stream", "binding_acc", "shape_acc", "probe_shape", "probe_position",
+        "colour_pick_heldout", "colour_pick_seen", "colour_caption_pick_heldout", "colour_caption_pick_seen"}
+
+
+def test_colour_pick_scores_a_clip_that_sees_colour_and_one_that_does_not():
+    """colour_pick: a CLIP that embeds the object's colour (a one-hot of the nearest palette colour of the pixels
+    unlike the corner's) wins every time, both ways, held-out pairs too; a colour-blind one never does."""
+    import numpy as np
+
+    import shapes
+    from lab.train.clip import colour_pick
+
+    names = list(shapes.PALETTE)
+    rgb = torch.tensor([shapes.PALETTE[c] for c in names], dtype=torch.float32) / 255
+
+    class Sighted:
+        def encode_image(self, x):
+            out = torch.zeros(len(x), len(names))
+            for k, img in enumerate(x):
+                px = img.flatten(1).t()                                # (pixels, 3)
+                obj = px[(px - img[:, 0, 0]).abs().sum(1) > 0.3]      # the object: unlike the corner
+                out[k, torch.cdist(obj, rgb).argmin(1).mode().values] = 1
+            return out
+
+        def encode_text(self, captions):
+            out = torch.zeros(len(captions), len(names))
+            for k, c in enumerate(captions):
+                out[k, names.index(shapes.parse_caption(c).objects[0].color)] = 1
+            return out
+
+    class Blind(Sighted):
+        def encode_image(self, x):
+            return torch.ones(len(x), len(names))
+
+    for held in (True, False):
+        assert colour_pick(Sighted(), held, np.random.default_rng(0), n=12) == (1.0, 1.0)
+        assert colour_pick(Blind(), held, np.random.default_rng(0), n=12)[0] == 0.0
 
 
 def test_shape_swapped_captions_differ_in_one_shape_only_and_stay_seen_pairs():

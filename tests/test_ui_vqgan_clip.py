@@ -60,3 +60,17 @@ def test_target_weight_that_is_not_a_number(client, tmp_path):
     Image.new("RGB", (32, 32), (220, 38, 38)).save(path)
     with pytest.raises(AppError, match="'heavy' of target image 1 is not a number"):
         client.predict(*args(targets=[handle_file(str(path))], target_weights="heavy"), api_name="/vqgan_clip")
+
+
+def test_choosing_a_preset_sets_its_settings_and_the_engines_defaults_for_the_rest():
+    """The shapes preset's own random starts and cutout noise do not stay on when another preset is chosen
+    (ui.tab.preset_values: what a preset gives, else the engine's default); the shared ones follow the preset."""
+    from pipelines.engines import ENGINES
+    from pipelines.presets import load_preset
+    from ui.tab import preset_values
+
+    keys = ["starts", "starts_for", "cut_noise", "width", "augments"]
+    assert preset_values(ENGINES["vqgan_clip"], load_preset("shapes"), keys) == [4, 50, 0.03, 32, ["Af"]]
+    imagenet = load_preset("imagenet").defaults["vqgan_clip"]
+    assert preset_values(ENGINES["vqgan_clip"], load_preset("imagenet"), keys) == [
+        1, 50, 0.1, imagenet["width"], list(imagenet["augments"])]

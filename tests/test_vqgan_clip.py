@@ -53,6 +53,18 @@ def test_optimisation_lowers_the_loss(registry):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
+def test_cutout_noise_reaches_the_cutouts(registry):
+    """cut_noise is the cutouts' noise: without noise or augmentations every cutout is the picture itself, so the
+    loss's gradient, and with it the whole run, is the same for any seed of the cutouts; with noise it is not."""
+    quiet = dict(augments=(), cut_noise=0.0, preview_every=0)
+    a = [e.metrics["loss"] for e in events(registry, **quiet) if isinstance(e, Step)]
+    noisy = [e.metrics["loss"] for e in events(registry, **{**quiet, "cut_noise": 0.5}) if isinstance(e, Step)]
+    assert a[0] != noisy[0]           # the same first picture, scored through noisy cutouts
+    loss = events(registry, **{**quiet, "cutn": 1})[0].metrics["loss"]
+    assert math.isclose(a[0], loss, rel_tol=1e-4)   # 4 identical cutouts score as 1
+    assert generate(E.run(req(cut_noise=0.03), registry)).meta["settings"]["cut_noise"] == 0.03
+
+
 def test_negative_weight_gives_negative_term(registry):
     m = events(registry, prompt="a red circle | a blue square:-1")[0].metrics
     assert m["loss/a blue square"] < 0 < m["loss/a red circle"]
@@ -116,6 +128,9 @@ def test_image_noise_and_init_prompts(registry):
     (dict(starts=0), "Random starts"),
     (dict(starts=17), "Random starts"),
     (dict(starts=2, starts_for=0), "Keep the best start"),
+    (dict(cut_noise=-0.1), "Cutout noise"),
+    (dict(cut_noise=float("nan")), "Cutout noise"),
+    (dict(cut_noise=5), "Cutout noise"),
 ])
 def test_bad_input_clear_message(registry, kw, words):
     with pytest.raises(ValueError, match=words):

@@ -108,6 +108,13 @@ def _with_signature(fn: Callable, names: Iterable[str]) -> Callable:
     return fn
 
 
+def preset_values(engine, preset, keys: list[str]) -> list:
+    """The widgets' values for `keys` when `preset` is chosen: the preset's own setting, or the engine's default
+    where the preset gives none (a setting tuned for one preset, such as the shapes preset's random starts, does
+    not stay on when another preset is chosen). Tuples become lists, as widgets hold them."""
+    dflt = engine.defaults(preset)
+    return [list(dflt[k]) if isinstance(dflt[k], tuple) else dflt[k] for k in keys]
+
 class Tab:
     def __init__(self, engine, registry, runs, *, prefix: str, outputs: tuple[str, ...], unit: str = "Step"):
         self.engine, self.registry, self.runs = engine, registry, runs
@@ -590,9 +597,7 @@ class Tab:
                 p = load_preset(name)
             except ValueError as e:
                 raise user_error(e) from None
-            dflt = {k: list(v) if isinstance(v, tuple) else v for k, v in self.engine.defaults(p).items()}
-            given = p.defaults.get(self.name, {})
-            return [dflt[k] if k in given else gr.skip() for k in keys] + (list(extra(p)) if extra else [])
+            return preset_values(self.engine, p, keys) + (list(extra(p)) if extra else [])
 
         self.inputs["preset"].change(apply_preset, [self.inputs["preset"]],
                                      [self.inputs[k] for k in keys] + extra_outputs, api_name=False)

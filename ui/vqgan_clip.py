@@ -19,7 +19,7 @@ EXAMPLES = [[EXAMPLE],
             ["a red circle on a blue background ^ a white square on a black background"]]
 RUN_FIELDS = ["preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "targets",
               "target_weights", "init_image", "init_weight", "noise_seeds", "noise_weights", "lr", "optimiser", "cutn",
-              "cut_pow", "cut_method", "augments", "change_prompt_every", "precision", "starts", "starts_for"]
+              "cut_pow", "cut_method", "cut_noise", "augments", "change_prompt_every", "precision", "starts", "starts_for"]
 OUTPUTS = ("preview", "status", "final", "video", "files", "settings")
 
 
@@ -94,6 +94,8 @@ def build(registry, runs) -> None:
                     inp("cutn", gr.Number(label="Cutouts", value=d["cutn"], precision=0))
                     inp("cut_pow", gr.Number(label="Cut power", value=d["cut_pow"]))
                     inp("cut_method", gr.Dropdown(list(CUT_METHODS), value=d["cut_method"], label="Cutout method"))
+                    inp("cut_noise", gr.Number(label="Cutout noise", value=d["cut_noise"], elem_id="vqc_cut_noise",
+                                               info="each cutout gets Gaussian noise of a random strength up to this"))
                 with gr.Row():
                     inp("starts", gr.Number(label="Random starts", value=d["starts"], precision=0, elem_id="vqc_starts",
                                             info="optimised side by side at first; then the one CLIP likes best goes "
@@ -121,9 +123,9 @@ def build(registry, runs) -> None:
     gen_event = tab.run_button(run_btn, "vqgan_clip", RUN_FIELDS, request, show, finish)
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "seed", "width", "height", "iterations",
                                                "preview_every", "init_weight", "lr", "optimiser", "cutn", "cut_pow",
-                                               "cut_method", "augments", "change_prompt_every", "precision",
-                                               "subseed", "subseed_strength", "starts", "starts_for")],
-             preset_fields=("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "augments",
-                            "starts", "starts_for"),
+                                               "cut_method", "cut_noise", "augments", "change_prompt_every",
+                                               "precision", "subseed", "subseed_strength", "starts", "starts_for")],
+             preset_fields=("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "cut_noise",
+                            "augments", "starts", "starts_for"),
              images_named="target images and init image")
     return gen_event
