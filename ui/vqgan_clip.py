@@ -19,7 +19,8 @@ EXAMPLES = [[EXAMPLE],
             ["a red circle on a blue background ^ a white square on a black background"]]
 RUN_FIELDS = ["preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "targets",
               "target_weights", "init_image", "init_weight", "noise_seeds", "noise_weights", "lr", "optimiser", "cutn",
-              "cut_pow", "cut_method", "cut_noise", "augments", "change_prompt_every", "precision", "starts", "starts_for"]
+              "cut_pow", "cut_method", "augments", "change_prompt_every", "precision", "starts", "starts_for",
+              "cut_noise"]   # new fields go last: the endpoint's positional order stays
 OUTPUTS = ("preview", "status", "final", "video", "files", "settings")
 
 
