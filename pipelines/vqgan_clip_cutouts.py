@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from pipelines.vqgan_clip_ops import clamp_with_grad
 
 __all__ = ["sinc", "lanczos_kernel", "ramp", "resample", "AUGMENT_CODES", "CUT_METHODS", "augment_from_code",
-           "MakeCutouts", "WarpAugment"]
+           "add_noise", "MakeCutouts", "WarpAugment"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +288,17 @@ def _normalise_codes(augments: Sequence[str] | str) -> list[str]:
     return [str(a).strip() for a in augments]
 
 
+def add_noise(batch: Tensor, noise_fac: float, generator: torch.Generator | None = None) -> Tensor:
+    """The cutouts' noise on any batch (N, 3, H, W): image k gets ``s_k * N(0, 1)`` with ``s_k ~ U(0, noise_fac)``,
+    drawn (the strengths, then the noise) from ``generator`` on its own device; no clamp follows."""
+    if noise_fac == 0:
+        return batch
+    rng_device = generator.device if generator is not None else batch.device
+    facs = torch.rand([len(batch), 1, 1, 1], generator=generator, device=rng_device, dtype=batch.dtype)
+    noise = torch.randn(batch.shape, generator=generator, device=rng_device, dtype=batch.dtype)
+    return batch + (facs * noise_fac * noise).to(batch.device)
+
+
 class MakeCutouts(nn.Module):
     """Turn the generated image into ``cutn`` CLIP-sized views (reference §8).
 
@@ -414,12 +425,7 @@ class MakeCutouts(nn.Module):
         return batch
 
     def _add_noise(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
-        if self.noise_fac == 0:
-            return batch
-        rng_device = generator.device if generator is not None else batch.device
-        facs = torch.rand([self.cutn, 1, 1, 1], generator=generator, device=rng_device, dtype=batch.dtype)
-        noise = torch.randn(batch.shape, generator=generator, device=rng_device, dtype=batch.dtype)
-        return batch + (facs * self.noise_fac * noise).to(batch.device)
+        return add_noise(batch, self.noise_fac, generator)
 
     def forward(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``[1, 3, H, W]`` image in [0, 1] -> ``[cutn, 3, cut_size, cut_size]`` (differentiable)."""

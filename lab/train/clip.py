@@ -29,7 +29,7 @@ import shapes
 from pipelines.models.clip import CLIP, load_clip, save_clip
 from pipelines.models.vqgan_files import from_pretrained
 from pipelines.presets import load_preset
-from pipelines.vqgan_clip_cutouts import MakeCutouts
+from pipelines.vqgan_clip_cutouts import MakeCutouts, add_noise
 from pipelines.vqgan_clip_ops import clamp_with_grad, codebook_bounds, init_z_from_tokens, vector_quantize
 from lab.train import common
 
@@ -475,8 +475,7 @@ class LoopChains:
             z = self.z.detach().requires_grad_(True)
             x = self.synth(z)
             cuts = self.cutouts.augment_batch(x.repeat_interleave(self.cutn, 0), self.gen)
-            cuts = cuts + torch.rand(len(cuts), 1, 1, 1, generator=self.gen, device=self.device) * \
-                self.cutouts.noise_fac * torch.randn(cuts.shape, generator=self.gen, device=self.device)
+            cuts = add_noise(cuts, self.cutouts.noise_fac, self.gen)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
                 e = F.normalize(clip.encode_image(cuts).float(), dim=-1).view(self.n, self.cutn, -1)
             chord = (e - self.target[:, None]).norm(dim=-1)
@@ -570,9 +569,7 @@ def train(args) -> None:
         if augment is not None:  # the jitter of the cutouts (--augment's codes), one draw per image
             with torch.no_grad():
                 pixels = augment.augment_batch(pixels, gen)
-        # mild noise, like the cutouts of VQGAN+CLIP see
-        noise = torch.rand(len(pixels), 1, 1, 1, generator=gen) * 0.05 * torch.randn(pixels.shape, generator=gen)
-        return pixels + noise.to(pixels.device)
+        return add_noise(pixels, 0.05, gen)   # mild noise, like the cutouts of VQGAN+CLIP see
 
     skipped = 0
     stop = min(args.stop_at or args.steps, args.steps)   # --stop-at: export there, on the schedule of --steps
