@@ -670,8 +670,8 @@ def main(argv=None) -> None:
                    help="each caption with one shape changed, and a picture of it, as extra negatives")
     p.add_argument("--negatives", default="", help="one-change negatives: each caption with one stated part changed "
                    f"(a comma list of {', '.join(CHANGES)}), and a picture of it, as extra negatives")
-    p.add_argument("--tower", choices=["conv"], default=None,
-                   help="a new CLIP: a convolutional image tower (pipelines.models.clip.ConvTower) in place of the ViT")
+    p.add_argument("--tower", choices=["conv", "factored"], default=None,
+                   help="a new CLIP: a convolutional image tower in place of the ViT (pipelines.models.clip: conv, ConvTower; factored, FactoredTower, a colour-blind shape path plus a colour path)")
     p.add_argument("--text-from", help="a new image tower (--tower, --layers) against this exported CLIP's text "
                    "tower, text projection and tokenizer, all trained on")
     p.add_argument("--attribute-loss", type=float, default=0.0, help="weight of an extra loss: linear heads (not "

@@ -14,7 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder the results go to}
-CLIP_INIT=${CLIP_INIT:-presets/weights/shapes-clip-conv}   # a later round: the last round's CLIP (carried)
+CLIP_INIT=${CLIP_INIT:-presets/weights/shapes-clip-conv}   # a later round: the last round's CLIP (carried);
+                                  # presets/weights/shapes-clip-factored: the factored tower's first round
+CLIP_NAME=$(basename "$CLIP_INIT")   # the weights come back under the name they went out with
 CLIP_STEPS=${CLIP_STEPS:-900}     # the schedule's length; --minutes may stop it earlier
 SEED=${SEED:-27}
 CLIP_MINUTES=${CLIP_MINUTES:-3.5}
@@ -33,18 +35,18 @@ $PY -m lab.train.clip --init "$CLIP_INIT" --vqgan presets/weights/shapes-vqgan -
     --adversary "$CHAINS" --adversary-iterations "$LOOP" --adversary-advance 2 --adversary-batch 256 --adversary-min-age 20 \
     --steps "$CLIP_STEPS" --minutes "$CLIP_MINUTES" --batch 256 --lr 5e-4 --seed "$SEED" --workers 6 --threads 4 \
     --log-every 10 --sample-every 0 --ckpt-every 100000 \
-    --out "$G/shapes-clip-conv" --run-dir "$G/run_clip" > "$OUT/train_clip.log" 2>&1
+    --out "$G/$CLIP_NAME" --run-dir "$G/run_clip" > "$OUT/train_clip.log" 2>&1
 tail -n 3 "$OUT/train_clip.log"
 cp "$G/run_clip/log.jsonl" "$OUT/clip.jsonl"
-tar -czf "$OUT/clip.tgz" -C "$G" shapes-clip-conv
+tar -czf "$OUT/clip.tgz" -C "$G" "$CLIP_NAME"
 [ "$PAIR" = 1 ] || exit 0
 
 # 2. the prior (from scratch, as on the CPU) and the decoder (carried over) on the new embedding, side by side
 pair="--p-optional 0.9 --workers 5 --threads 2 --log-every 100 --sample-every 0 --ckpt-every 100000 --steps $PAIR_STEPS --minutes $PAIR_MINUTES"
-$PY -m lab.train.unclip prior --clip "$G/shapes-clip-conv" --batch 256 --lr 1e-3 --seed 0 --ema 0.995 $pair \
+$PY -m lab.train.unclip prior --clip "$G/$CLIP_NAME" --batch 256 --lr 1e-3 --seed 0 --ema 0.995 $pair \
     --out "$G/shapes-unclip-prior" --run-dir "$G/run_prior" > "$OUT/train_prior.log" 2>&1 &
 prior=$!
-$PY -m lab.train.unclip decoder --init presets/weights/shapes-unclip-decoder --clip "$G/shapes-clip-conv" \
+$PY -m lab.train.unclip decoder --init presets/weights/shapes-unclip-decoder --clip "$G/$CLIP_NAME" \
     --text-clip presets/weights/shapes-clip --text-cond --text-dropout 0.7 --batch 256 --lr 2e-4 --seed 47 \
     --ema 0.998 --ema-start 0 $pair --out "$G/shapes-unclip-decoder" --run-dir "$G/run_decoder" > "$OUT/train_decoder.log" 2>&1 &
 decoder=$!

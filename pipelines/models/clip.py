@@ -11,7 +11,10 @@ The built-in CLIP's image tower is not a ViT but a small convolutional network (
 named in its vision config: `"tower": "conv"`); its text tower, projections and file layout
 are transformers' CLIPModel's. On 32 px pictures a small object is 8 px across: the 4-layer
 ViT of 4x4 patches that the built-in CLIP had before held shape only in a tangled form (a
-linear probe read 31 %), and the convolutions keep it.
+linear probe read 31 %), and the convolutions keep it. `FactoredTower` (`"tower": "factored"`) splits
+the convolutions into a colour-blind shape path and a colour path whose outputs add, so that a colour
+and a shape never seen together still compose (`presets/weights/shapes-clip-factored`, not yet the
+preset's: see docs/model-history.md).
 """
 from __future__ import annotations
 
@@ -64,15 +67,72 @@ class ConvTower(nn.Module):
         return BaseModelOutputWithPooling(pooler_output=F.gelu(self.pool(self.features(pixel_values).flatten(1))))
 
 
+class FactoredTower(nn.Module):
+    """A convolutional image tower in two paths whose outputs add (`"tower": "factored"`): one that sees shape but
+    no colour, one that sees colour but barely any shape.
+
+    - **Shape path**: ConvTower's convolutions, fed not the colours but where the picture differs from its
+      background (1 - exp(-|x - b|^2 / tau^2), b the per-channel median colour of the picture) and whether each
+      pixel has its neighbour's colour (right, down and both diagonals). A green triangle and an orange one give it
+      the same input, so what it learns of triangles holds in every colour, seen with a triangle or not.
+    - **Colour path**: two 1x1 convolutions (each pixel's colour alone), averaged over a 4x4 grid of 8x8 cells:
+      which colours are where, with no edge to read a shape from.
+    - The two grids, flattened, are mapped linearly to `hidden_size` and added, with no nonlinearity after, so the
+      embedding is a sum of a shape part and a colour part, both tied to places: "a green triangle at the top" is
+      the triangle-at-the-top part plus the green-at-the-top part, whether or not training ever showed that pair.
+    """
+    TAU = 0.45         # in normalised units (CLIP's std is about 0.27): palette colours differ by 1.15 or more (orange and
+                       # yellow), which leaves 0.25 % of the colour difference in the maps
+    OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
+    COLOUR_GRID = 4
+
+    def __init__(self, config):
+        super().__init__()
+        layers, c = [], 1 + len(self.OFFSETS)
+        for level, w in enumerate(ConvTower.WIDTHS):
+            for k in range(2):
+                layers += [nn.Conv2d(c, w, 3, stride=2 if level and not k else 1, padding=1), nn.GroupNorm(8, w), nn.GELU()]
+                c = w
+        layers.append(nn.Conv2d(c, 32, 1))
+        self.features = nn.Sequential(*layers)
+        grid = config.image_size // 2 ** (len(ConvTower.WIDTHS) - 1)
+        self.pool = nn.Linear(32 * grid * grid, config.hidden_size)
+        self.colour = nn.Sequential(nn.Conv2d(config.num_channels, 32, 1), nn.GELU(), nn.Conv2d(32, 32, 1), nn.GELU())
+        self.colour_pool = nn.Linear(32 * self.COLOUR_GRID ** 2, config.hidden_size)
+
+    def shape_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 5, H, W): the foreground map and the four same-colour-as-neighbour maps, all colour-blind."""
+        tau2 = self.TAU ** 2
+        background = x.detach().flatten(2).median(-1).values[..., None, None]
+        maps = [1 - torch.exp(-(x - background).square().sum(1, keepdim=True) / tau2)]
+        pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        H, W = x.shape[-2:]
+        for dy, dx in self.OFFSETS:
+            shifted = pad[..., 1 + dy:1 + dy + H, 1 + dx:1 + dx + W]
+            maps.append(torch.exp(-(x - shifted).square().sum(1, keepdim=True) / tau2))
+        return torch.cat(maps, 1)
+
+    def forward(self, pixel_values: torch.Tensor, **_):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        shape = self.pool(self.features(self.shape_input(pixel_values)).flatten(1))
+        colour = self.colour_pool(F.adaptive_avg_pool2d(self.colour(pixel_values), self.COLOUR_GRID).flatten(1))
+        return BaseModelOutputWithPooling(pooler_output=shape + colour)
+
+
+TOWERS = {"conv": ConvTower, "factored": FactoredTower}
+
+
 def install_tower(model) -> None:
-    """Give a CLIPModel the image tower its vision config names (`"tower": "conv"`); a ViT is left as it is."""
+    """Give a CLIPModel the image tower its vision config names (`"tower": "conv"` or `"factored"`); a ViT is left
+    as it is."""
     tower = getattr(model.config.vision_config, "tower", None)
     if tower is None:
         return
-    if tower != "conv":
-        raise ValueError(f"unknown CLIP image tower {tower!r} (known: 'conv')")
-    if not isinstance(model.vision_model, ConvTower):
-        model.vision_model = ConvTower(model.config.vision_config).to(model.visual_projection.weight.dtype)
+    if tower not in TOWERS:
+        raise ValueError(f"unknown CLIP image tower {tower!r} (known: {', '.join(map(repr, TOWERS))})")
+    if type(model.vision_model) is not TOWERS[tower]:
+        model.vision_model = TOWERS[tower](model.config.vision_config).to(model.visual_projection.weight.dtype)
 
 
 class CLIP(nn.Module):
@@ -172,7 +232,7 @@ def _image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     Forward and backward of 16 cutouts through the 4-layer shapes CLIP (the VQGAN+CLIP loop's main cost), fastest
     of 40 on 2 CPU threads: transformers 47 ms, this pass 28 ms (1.7x; 1.45x with the class-token layer alone)."""
     vm = model.vision_model
-    if isinstance(vm, ConvTower):   # the built-in CLIP's tower has nothing to spare
+    if isinstance(vm, (ConvTower, FactoredTower)):   # the built-in CLIP's towers have nothing to spare
         return model.visual_projection(vm(pixel_values).pooler_output)
     emb = vm.embeddings
     B, C, H, W = pixel_values.shape
