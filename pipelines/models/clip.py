@@ -51,15 +51,20 @@ class ConvTower(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        layers, c = [], config.num_channels
-        for level, w in enumerate(self.WIDTHS):
+        self.features, self.pool = self.convolutions(config.num_channels, config)
+
+    @classmethod
+    def convolutions(cls, channels: int, config) -> tuple[nn.Sequential, nn.Linear]:
+        """The convolutions from `channels` input maps to the 32-channel grid, and the linear map of the flattened
+        grid to `hidden_size`."""
+        layers, c = [], channels
+        for level, w in enumerate(cls.WIDTHS):
             for k in range(2):
                 layers += [nn.Conv2d(c, w, 3, stride=2 if level and not k else 1, padding=1), nn.GroupNorm(8, w), nn.GELU()]
                 c = w
         layers.append(nn.Conv2d(c, 32, 1))
-        self.features = nn.Sequential(*layers)
-        grid = config.image_size // 2 ** (len(self.WIDTHS) - 1)
-        self.pool = nn.Linear(32 * grid * grid, config.hidden_size)
+        grid = config.image_size // 2 ** (len(cls.WIDTHS) - 1)
+        return nn.Sequential(*layers), nn.Linear(32 * grid * grid, config.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor, **_):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -88,15 +93,7 @@ class FactoredTower(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        layers, c = [], 1 + len(self.OFFSETS)
-        for level, w in enumerate(ConvTower.WIDTHS):
-            for k in range(2):
-                layers += [nn.Conv2d(c, w, 3, stride=2 if level and not k else 1, padding=1), nn.GroupNorm(8, w), nn.GELU()]
-                c = w
-        layers.append(nn.Conv2d(c, 32, 1))
-        self.features = nn.Sequential(*layers)
-        grid = config.image_size // 2 ** (len(ConvTower.WIDTHS) - 1)
-        self.pool = nn.Linear(32 * grid * grid, config.hidden_size)
+        self.features, self.pool = ConvTower.convolutions(1 + len(self.OFFSETS), config)
         self.colour = nn.Sequential(nn.Conv2d(config.num_channels, 32, 1), nn.GELU(), nn.Conv2d(32, 32, 1), nn.GELU())
         self.colour_pool = nn.Linear(32 * self.COLOUR_GRID ** 2, config.hidden_size)
 
