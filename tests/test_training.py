@@ -252,8 +252,7 @@ def test_the_factored_towers_shape_path_is_colour_blind():
         same = (tower.shape_input(green) - tower.shape_input(orange)).abs().mean()
         other = (tower.shape_input(green) - tower.shape_input(square)).abs().mean()
         assert same < other / 4
-        shape_part = lambda x: tower.pool(tower.features(tower.shape_input(x)).flatten(1))
-        colour_part = lambda x: tower.colour_pool(torch.nn.functional.adaptive_avg_pool2d(tower.colour(x), 4).flatten(1))
+        shape_part, colour_part = tower.shape_part, tower.colour_part
         assert torch.allclose(tower(green).pooler_output, shape_part(green) + colour_part(green), atol=1e-5)
         assert (shape_part(green) - shape_part(orange)).norm() < (shape_part(green) - shape_part(square)).norm() / 2
 

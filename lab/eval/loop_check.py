@@ -10,33 +10,28 @@ import sys
 import numpy as np
 import torch
 
-import pipelines.vqgan_clip as V
 from lab.eval import evalset
+from lab.eval.__main__ import parse_overrides
 from lab.eval.judge import judge
+from pipelines.engines import ENGINES
 from pipelines.events import Final
 from pipelines.models.clip import load_clip
 from pipelines.models.vqgan_files import from_pretrained
-from pipelines.presets import load_preset
+from pipelines.presets import PRESETS_DIR, load_preset
+from pipelines.vqgan_clip import optimise
 
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
-    clip = load_clip(argv[0]).eval()
-    vq = from_pretrained("presets/weights/shapes-vqgan").eval()
-    n, category = int(argv[1]), argv[2]
-    d = load_preset("shapes").defaults["vqgan_clip"]
-    kw = dict(iterations=d["iterations"], lr=d["lr"], cutn=d["cutn"], augments=tuple(d["augments"]), preview_every=0,
-              starts=d["starts"], starts_for=d["starts_for"], cut_noise=d["cut_noise"])
-    for a in argv[3:]:
-        k, v = a.split("=")
-        kw[k] = type(kw[k])(v) if k in kw else float(v)
+    spec, preset = ENGINES["vqgan_clip"], load_preset("shapes")
+    clip = load_clip(argv[0]).eval()   # any CLIP folder, not only a preset's: loaded here, not by the registry
+    vq = from_pretrained(PRESETS_DIR / "weights" / preset.components["vqgan"].location).eval()
+    n, category, overrides = int(argv[1]), argv[2], parse_overrides(argv[3:])
     ok, fails = [], {}
     for e in evalset.load()[category][:n]:
         for s in range(2):
-            req = V.VQGANCLIPRequest(prompt=e["caption"], seed=e.get("seed", 0) + s, **kw)
-            for ev in V.optimise(req, vq, clip, torch.device("cpu")):
-                if isinstance(ev, Final):
-                    out = ev.images[0]
+            req = spec.make_request(preset, **overrides, prompt=e["caption"], seed=e.get("seed", 0) + s, preview_every=0)
+            out = next(ev for ev in optimise(req, vq, clip, torch.device("cpu")) if isinstance(ev, Final)).images[0]
             v = judge(out, e["caption"])
             ok.append(v.correct)
             for f in v.failed:
