@@ -219,7 +219,7 @@ def registry(model, tmp_path_factory):
     from pipelines.registry import Registry
 
     weights = tmp_path_factory.mktemp("weights")
-    for name in ("shapes-vqgan", "shapes-clip", "shapes-clip-conv"):   # the preset's CLIP ranks
+    for name in ("shapes-vqgan", "shapes-clip", "shapes-clip-factored"):   # the preset's CLIP ranks
         (weights / name).symlink_to(WEIGHTS / name)
     save_pretrained(model, weights / "shapes-dalle")
     return Registry(device="cpu", weights_dir=weights)

@@ -102,7 +102,7 @@ def test_list_presets_reads_the_real_files():
     shapes, imagenet = presets[0], next(p for p in presets if p.name == "imagenet")
     assert shapes.label == "Built-in shapes (offline, 32 px)"
     assert shapes.components["vqgan"] == ComponentSpec("vqgan", "builtin", "shapes-vqgan")
-    assert shapes.components["clip"].key == "clip:builtin:shapes-clip-conv"
+    assert shapes.components["clip"].key == "clip:builtin:shapes-clip-factored"
     assert shapes.components["text_encoder"].key == "clip:builtin:shapes-clip"   # the diffusion model reads it
     # every default names a field of the engine's request, and the size suits the f4 VQGAN
     import dataclasses

@@ -380,7 +380,7 @@ def test_the_loop_adversary_runs_the_presets_loop_and_judges_finished_chains():
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    clip = load_clip("presets/weights/shapes-clip-conv").eval()
+    clip = load_clip("presets/weights/shapes-clip-factored").eval()
     vqgan = from_pretrained("presets/weights/shapes-vqgan").eval().requires_grad_(False)
     chains = train_clip.LoopChains(vqgan, 4, 12, 0.2, 4, "Af", seed=0, device="cpu")
     chains.age[:] = 0

@@ -14,8 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to the folder the results go to}
-CLIP_INIT=${CLIP_INIT:-presets/weights/shapes-clip-conv}   # a later round: the last round's CLIP (carried);
-                                  # presets/weights/shapes-clip-factored: the factored tower's first round
+CLIP_INIT=${CLIP_INIT:-presets/weights/shapes-clip-factored}   # the preset's CLIP (its first GPU round);
+                                  # a later round: the last round's CLIP (carried)
 CLIP_NAME=$(basename "$CLIP_INIT")   # the weights come back under the name they went out with
 CLIP_STEPS=${CLIP_STEPS:-900}     # the schedule's length; --minutes may stop it earlier
 SEED=${SEED:-27}
@@ -29,7 +29,7 @@ source lab/train/gpu_env.sh      # PY, offline Python, the carried wheels, $OUT,
 G=runs/gpu_adv
 mkdir -p "$G"
 
-# 1. the CLIP: the committed one's recipe (lab/logs/shapes-clip-conv), fine-tuned with the loops beside it
+# 1. the CLIP: the committed one's recipe (lab/logs/shapes-clip-factored), fine-tuned with the loops beside it
 $PY -m lab.train.clip --init "$CLIP_INIT" --vqgan presets/weights/shapes-vqgan --augment Af \
     --hard-negatives --negatives shape,colour,size,position,relation,background --fragments 0.2 --attribute-loss 3.0 \
     --adversary "$CHAINS" --adversary-iterations "$LOOP" --adversary-advance 2 --adversary-batch 256 --adversary-min-age 20 \

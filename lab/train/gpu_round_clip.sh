@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Superseded on the CPU (issue 27): the preset's CLIP is now shapes-clip-conv, a convolutional image
-# tower whose embedding gives shape and position to a linear probe 100 % of the time, and the unCLIP
-# pair was retrained on it (docs/model-history.md, "A CLIP that sees shapes"). This round, a wider ViT
-# CLIP, is kept for comparison only; its temporary preset now hands the CLIP it trains to every engine
+# Superseded on the CPU (issue 27): the preset's CLIP became shapes-clip-conv, a convolutional image
+# tower whose embedding gives shape and position to a linear probe 100 % of the time (since replaced
+# by shapes-clip-factored, whose shape path cannot see colour), and the unCLIP pair was retrained on
+# it (docs/model-history.md, "A CLIP that sees shapes"). This round, a wider ViT CLIP, is kept for
+# comparison only; its temporary preset now hands the CLIP it trains to every engine
 # as `clip` (the role unCLIP's embeddings come from), the decoder keeping the text_encoder's states.
 # The GPU round for unCLIP's variations (issue 6): a wider CLIP trained from scratch with shape and
 # colour negatives, so that its image embedding holds shape and layout, then the prior and the
