@@ -427,7 +427,7 @@ def test_clip_trains_against_the_loop_and_stops_at_its_minutes(tmp_path):
 def test_the_factored_clip_gives_a_held_out_pair_its_own_colour():
     """presets/weights/shapes-clip-factored (FactoredTower): a caption of a held-out pair (a colour and a shape no
     training picture or caption put together) scores its own picture above the same scene in every other colour,
-    where the preset's conv CLIP is drawn to the colours it saw the shape in. This is what VQGAN+CLIP climbs: the
+    where the conv CLIP before it is drawn to the colours it saw the shape in. This is what VQGAN+CLIP climbs: the
     "done when" prompt's green triangle must beat the orange one (the conv CLIP: 0.405 against 0.474)."""
     import numpy as np
 

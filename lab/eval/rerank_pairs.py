@@ -19,6 +19,7 @@ from lab.eval import evalset
 from lab.eval.judge import judge
 from pipelines.engines import ENGINES
 from pipelines.events import generate
+from pipelines.media.pixels import to_tensor
 from pipelines.models.clip import load_clip
 from pipelines.presets import load_preset
 from pipelines.registry import Registry
@@ -26,6 +27,8 @@ from pipelines.registry import Registry
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or not argv[0].isdigit():
+        raise SystemExit("usage: python -m lab.eval.rerank_pairs N [CLIP_DIR ...]  (N: captions per category)")
     n = int(argv[0])
     dirs = argv[1:] or ["presets/weights/shapes-clip-conv", "presets/weights/shapes-clip-factored"]
     torch.set_num_threads(1)
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 images = [im.convert("RGB") for im in generate(spec.run(req, registry)).images]
                 ok = [judge(im, entry["caption"]).correct for im in images]
                 any_right.append(any(ok))
-                x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 255
+                x = to_tensor(images, (0, 1))
                 with torch.no_grad():
                     for d, clip in clips.items():
                         right[d].append(ok[int(clip.similarity(x, [entry["caption"]])[:, 0].argmax())])

@@ -7,14 +7,14 @@ folder or hub id (config.json, model.safetensors, tokenizer and
 preprocessor_config.json), Atelier's built-in shapes CLIP included, which
 `lab/train/clip.py` trains and saves in exactly that layout.
 
-The built-in CLIP's image tower is not a ViT but a small convolutional network (`ConvTower`,
-named in its vision config: `"tower": "conv"`); its text tower, projections and file layout
-are transformers' CLIPModel's. On 32 px pictures a small object is 8 px across: the 4-layer
-ViT of 4x4 patches that the built-in CLIP had before held shape only in a tangled form (a
-linear probe read 31 %), and the convolutions keep it. `FactoredTower` (`"tower": "factored"`) splits
-the convolutions into a colour-blind shape path and a colour path whose outputs add, so that a colour
-and a shape never seen together still compose (`presets/weights/shapes-clip-factored`, not yet the
-preset's: see docs/model-history.md).
+The built-in CLIPs' image towers are not ViTs but small convolutional networks, named in the
+vision config; their text tower, projections and file layout are transformers' CLIPModel's. On
+32 px pictures a small object is 8 px across: the 4-layer ViT of 4x4 patches that the built-in
+CLIP had before held shape only in a tangled form (a linear probe read 31 %), and convolutions
+keep it. `ConvTower` (`"tower": "conv"`, `presets/weights/shapes-clip-conv`) is one stack;
+`FactoredTower` (`"tower": "factored"`, `presets/weights/shapes-clip-factored`, the shapes
+preset's `clip`) splits it into a colour-blind shape path and a colour path whose outputs add, so
+that a colour and a shape never seen together still compose (docs/model-history.md).
 """
 from __future__ import annotations
 
