@@ -53,6 +53,7 @@ from pipelines import __version__, media
 from pipelines import prompts as P
 from pipelines.engine import Engine
 from pipelines.events import AUTO, Final, Pause, PreviewCadence, Step, StopCheck, never_stop
+from pipelines.models.clip import CLIPEnsemble
 from pipelines.presets import load_preset
 from pipelines.registry import PRECISIONS, autocast, compute_dtype
 from pipelines.seeds import generator as seeded, slerp
@@ -206,11 +207,14 @@ def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop, re
     """The engine: models from the registry for the request's preset, then `optimise` (which see for
     `resume` and `max_steps`: a long run in bounded pieces)."""
     preset = load_preset(req.preset)
-    specs = tuple(ENGINE_SPEC.components(preset).values())
+    roles = ENGINE_SPEC.components(preset)
     check_size(req, registry.device)          # before any download or load: a 2048x2048 request costs nothing
-    with registry.use(*specs) as (vqgan, clip):
-        info = {"preset": preset.name, "models": registry.describe(*specs)}
-        yield from optimise(req, vqgan, clip, registry.device, should_stop, info, resume, max_steps)
+    with registry.use(*roles.values()) as loaded:
+        models = dict(zip(roles, loaded))
+        # a preset's second CLIP (`clip_2`) judges beside the first: the loop answers to both at once
+        clip = CLIPEnsemble([models["clip"], models["clip_2"]]) if "clip_2" in models else models["clip"]
+        info = {"preset": preset.name, "models": registry.describe(**roles)}
+        yield from optimise(req, models["vqgan"], clip, registry.device, should_stop, info, resume, max_steps)
 
 
 @dataclass
@@ -448,6 +452,7 @@ def noise_prompts_from(text: str) -> tuple[tuple[int, float], ...]:
 ENGINE_SPEC = Engine(
     name=ENGINE, label="VQGAN+CLIP", request=VQGANCLIPRequest, run=run,
     needs=(("vqgan", "clip"),), kinds={"vqgan": ("vqgan",)},   # a VQGAN it can encode and optimise (not min-dalle's decoder)
+    optional=("clip_2",),                                      # a second CLIP judging beside the first (CLIPEnsemble)
     limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN),
             "subseed_strength": (0, 1), "starts": (1, MAX_STARTS), "cut_noise": (0, 1)},
     choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},

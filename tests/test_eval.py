@@ -226,3 +226,15 @@ def test_cli(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert parse_overrides(["steps=25", "guidance=3.5", "rerank=true", "sampler=ddim", "augments=Af,Pe"]) == {
         "steps": 25, "guidance": 3.5, "rerank": True, "sampler": "ddim", "augments": ["Af", "Pe"]}
+
+
+def test_workers_draw_the_same_pictures_as_one_process(registry):
+    """--workers: the captions drawn by two processes give the report one process gives (the tokenizer engine:
+    real renders through the built-in VQGAN), in the same order."""
+    one = evaluate("tokenizer", "shapes", registry, per_category=2, samples=2)
+    two = evaluate("tokenizer", "shapes", registry, per_category=2, samples=2, workers=2)
+    assert [s.caption for s in one.samples] == [s.caption for s in two.samples]
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(one.samples, two.samples))
+    for key in ("categories", "all", "attribute_holds", "frechet_distance_clip"):
+        assert one.results[key] == two.results[key]
+    assert eval_main(["reference", "--workers", "0"]) == 2

@@ -241,3 +241,57 @@ def test_random_starts_keep_the_one_clip_likes_best(registry):
     evs = list(E.run(req(init_image=init, starts=4), registry))
     assert any("one start runs" in (e.notice or "") for e in evs if isinstance(e, Step))
     assert "kept_start" not in evs[-1].meta
+
+
+def test_a_clip_ensemble_is_the_weighted_mean_of_its_members(registry):
+    """CLIPEnsemble: unit-norm embeddings whose cosine is the weighted mean of the members' cosines, pictures
+    resized for a member of another input size, and bad weights refused."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipelines.models.clip import CLIPEnsemble
+    from pipelines.presets import load_preset
+
+    pre = load_preset("shapes")
+    a, b = registry.get(pre.components["clip"]), registry.get(pre.components["text_encoder"])
+    ens = CLIPEnsemble([a, b], weights=[3, 1])
+    pixels = torch.rand(3, 3, 32, 32)
+    texts = ["a red circle", "a blue square at the top", "a small green star"]
+    img, txt = ens.encode_image(pixels), ens.encode_text(texts)
+    assert img.shape == (3, a.embed_dim + b.embed_dim) == (3, ens.embed_dim)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+    def cos(m):
+        return F.normalize(m.encode_image(pixels), dim=-1) @ F.normalize(m.encode_text(texts), dim=-1).t()
+
+    assert torch.allclose(img @ txt.t(), 0.75 * cos(a) + 0.25 * cos(b), atol=1e-5)
+    assert torch.allclose(ens.similarity(pixels, texts), img @ txt.t(), atol=1e-5)
+    bigger = CLIPEnsemble([a, b]).encode_image(F.interpolate(pixels, size=64))   # each member resizes to its own size
+    assert bigger.shape == (3, ens.embed_dim)
+    with pytest.raises(ValueError, match="positive weight"):
+        CLIPEnsemble([a, b], weights=[1, 0])
+
+
+def test_a_presets_second_clip_judges_beside_the_first(registry, monkeypatch):
+    """A preset naming `clip_2` runs the loop against both CLIPs (its metadata names both); without one, the
+    loop's CLIP is the preset's `clip` alone."""
+    import dataclasses
+
+    from pipelines import presets
+    from pipelines.models.clip import CLIPEnsemble
+
+    base = presets.load_preset("shapes")
+    two = dataclasses.replace(base, name="shapes-two", components={
+        k: v for k, v in {**base.components, "clip_2": base.components["text_encoder"]}.items()
+        if k in ("vqgan", "clip", "clip_2")})
+    one = dataclasses.replace(two, name="shapes-one", components={k: v for k, v in two.components.items() if k != "clip_2"})
+    monkeypatch.setattr(E, "load_preset", lambda name: {"shapes-two": two, "shapes-one": one}[name])
+    used = []
+    real = E.optimise
+    monkeypatch.setattr(E, "optimise", lambda req, vqgan, clip, *a: used.append(clip) or real(req, vqgan, clip, *a))
+    final = generate(E.run(req(preset="shapes-two"), registry))
+    assert isinstance(used[-1], CLIPEnsemble) and len(used[-1].members) == 2
+    assert {"clip", "clip_2"} <= set(final.meta["models"])
+    assert final.meta["models"]["clip_2"]["key"] == base.components["text_encoder"].key
+    generate(E.run(req(preset="shapes-one"), registry))
+    assert not isinstance(used[-1], CLIPEnsemble) and "clip_2" not in E.ENGINE_SPEC.components(one)

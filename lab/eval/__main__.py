@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="judge: seed of the renders")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="processes drawing the captions side by side "
+                   "(each with --threads threads, default 1; the report is the same, but for s/image)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if a.threads:
@@ -114,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_overrides(a.overrides)
         bar = tqdm(total=a.per_category * a.samples * 3, unit="img", desc=a.engine)
+        if a.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {a.workers}")
         ev = evaluate(a.engine, a.preset, Registry(device=a.device), a.per_category, a.samples, overrides,
-                      progress=lambda done, total: bar.update(done - bar.n))
+                      progress=lambda done, total: bar.update(done - bar.n), workers=a.workers,
+                      worker_threads=a.threads or 1)
         bar.close()
     except (ValueError, FileNotFoundError, ModelUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -61,10 +61,33 @@ def _git_commit() -> str:
     return (head + ("-dirty" if dirty else "")) if head else "unknown"
 
 
+_WORKER: dict = {}
+
+
+def _worker_start(device: str | None, threads: int) -> None:
+    """A harness worker process: its own registry and thread count."""
+    import torch
+
+    from pipelines.registry import Registry
+
+    torch.set_num_threads(threads)
+    _WORKER["registry"] = Registry(device=device)
+
+
+def _worker_draw(engine: str, preset: str, caption: str, seed: int, samples: int, overrides: dict):
+    t0 = time.perf_counter()
+    images = ENGINES[engine](_WORKER["registry"], preset, caption, seed, samples, overrides)
+    return [im.convert("RGB") for im in images], time.perf_counter() - t0
+
+
 def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples: int = 2,
              overrides: dict | None = None, clip_preset: str = "shapes",
-             progress: Callable[[int, int], None] | None = None) -> Evaluation:
-    """Run ``engine`` on the evaluation set and measure it (see the module docstring)."""
+             progress: Callable[[int, int], None] | None = None, workers: int = 1,
+             worker_threads: int = 1) -> Evaluation:
+    """Run ``engine`` on the evaluation set and measure it (see the module docstring). With ``workers`` > 1
+    the captions are drawn by that many processes (each with its own registry on ``registry.device`` and
+    ``worker_threads`` threads); each caption's pictures depend only on its caption and seed, so the
+    report is the one a single process writes, but for the seconds per image."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of: {', '.join(sorted(ENGINES))}")
     if not 1 <= per_category <= evalset.PER_CATEGORY:
@@ -79,11 +102,26 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
     total, done = per_category * samples * len(sets), 0
     out: list[Sample] = []
     seconds = 0.0
-    for category in evalset.CATEGORIES:
-        for entry in sets[category][:per_category]:
-            t0 = time.perf_counter()
-            images = fn(registry, preset, entry["caption"], entry["seed"], samples, overrides)
-            seconds += time.perf_counter() - t0
+    todo = [(category, entry) for category in evalset.CATEGORIES for entry in sets[category][:per_category]]
+    workers_pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        workers_pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _worker_start,
+                                           (str(registry.device), worker_threads))
+        drawn = workers_pool.map(_worker_draw, *zip(*[(engine, preset, e["caption"], e["seed"], samples, overrides)
+                                                      for _, e in todo]))
+    else:
+        def here():
+            for _, entry in todo:
+                t0 = time.perf_counter()
+                images = fn(registry, preset, entry["caption"], entry["seed"], samples, overrides)
+                yield images, time.perf_counter() - t0
+        drawn = here()
+    try:
+        for (category, entry), (images, took) in zip(todo, drawn):
+            seconds += took
             if len(images) != samples:
                 raise RuntimeError(f"engine {engine!r} returned {len(images)} images for {samples} samples")
             for im in images:
@@ -93,6 +131,9 @@ def evaluate(engine: str, preset: str, registry, per_category: int = 10, samples
             done += samples
             if progress:
                 progress(done, total)
+    finally:
+        if workers_pool is not None:
+            workers_pool.shutdown(cancel_futures=True)
 
     size = out[0].image.size[0]
     reference = [shapes.render(shapes.parse_caption(s.caption), size, s.seed + REFERENCE_SEED_OFFSET + i % samples)

@@ -195,6 +195,54 @@ class CLIP(nn.Module):
         return img @ txt.t()
 
 
+class CLIPEnsemble(nn.Module):
+    """Several CLIPs judging as one, as Disco Diffusion and pixray let a picture answer to several CLIPs at
+    once: a picture that fools one CLIP seldom fools a second trained differently.
+
+    Each member's embedding is normalised, scaled by sqrt(weight / total weight), and the pieces are
+    concatenated. The result has unit norm, and the squared chord between two such embeddings is the
+    weighted mean of the members' squared chords, so VQGAN+CLIP's spherical-distance loss (and a cosine)
+    sees every member at once with no change to the loop. Pictures come at the first member's input
+    size; the others resize them to theirs."""
+
+    def __init__(self, members, weights=None):
+        super().__init__()
+        if len(members) < 1:
+            raise ValueError("A CLIP ensemble needs at least one CLIP.")
+        weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(members) or min(weights) <= 0:
+            raise ValueError("A CLIP ensemble needs one positive weight per CLIP.")
+        self.members = nn.ModuleList(members)
+        self.scales = [(w / sum(weights)) ** 0.5 for w in weights]
+
+    @property
+    def image_size(self) -> int:
+        return self.members[0].image_size
+
+    @property
+    def embed_dim(self) -> int:
+        return sum(m.embed_dim for m in self.members)
+
+    def _join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([F.normalize(e.float(), dim=-1) * k for e, k in zip(parts, self.scales)], dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """(N, sum of the members' dims), unit norm."""
+        return self._join([m.encode_text(texts) for m in self.members])
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(N, sum of the members' dims), unit norm; differentiable."""
+        return self._join([m.encode_image(m.resize(pixels)) for m in self.members])
+
+    def resize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.members[0].resize(pixels)
+
+    @torch.no_grad()
+    def similarity(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Cosine similarity (N_images, N_texts): the weighted mean of the members' cosines."""
+        return self.encode_image(self.resize(pixels)) @ self.encode_text(texts).t()
+
+
 def _cpu_autocast_twin(model, pixels: torch.Tensor):
     """Under a CPU autocast to bfloat16 or float16: a copy of the vision tower and its projection in that dtype,
     cached on the model while its weights stay the same (`_derived`), so that the pass runs in that dtype with no
