@@ -19,12 +19,14 @@ from pipelines.presets import list_presets, load_preset
 FAST = dict(prompt="a red circle:1 | a blue square:0.5", iterations=3, preview_every=1, cutn=2)
 # each preset at a small size of its own factor (the f8 one at sides no f16 model could take)
 SIZES = {"imagenet": (48, 32), "imagenet-f16-1024": (32, 48), "gumbel-f8": (40, 24),
-         "imagenet-vit-b16": (32, 32), "imagenet-vit-l14": (32, 16)}
+         "imagenet-vit-b16": (32, 32), "imagenet-vit-l14": (32, 16), "imagenet-b32-b16": (32, 32)}
 EXPECT = {"imagenet": (16, 16384, "vq"), "imagenet-f16-1024": (16, 1024, "vq"), "gumbel-f8": (8, 8192, "gumbel"),
-          "imagenet-vit-b16": (16, 16384, "vq"), "imagenet-vit-l14": (16, 16384, "vq")}
+          "imagenet-vit-b16": (16, 16384, "vq"), "imagenet-vit-l14": (16, 16384, "vq"),
+          "imagenet-b32-b16": (16, 16384, "vq")}
 CLIPS = {"imagenet": "openai/clip-vit-base-patch32", "imagenet-f16-1024": "openai/clip-vit-base-patch32",
          "gumbel-f8": "openai/clip-vit-base-patch32", "imagenet-vit-b16": "openai/clip-vit-base-patch16",
-         "imagenet-vit-l14": "openai/clip-vit-large-patch14"}
+         "imagenet-vit-l14": "openai/clip-vit-large-patch14", "imagenet-b32-b16": "openai/clip-vit-base-patch32"}
+SECOND_CLIPS = {"imagenet-b32-b16": "openai/clip-vit-base-patch16"}   # presets whose loop answers to two CLIPs
 
 
 def download_presets():
@@ -76,6 +78,7 @@ def test_standin_for_every_vqgan_clip_download_preset():
         assert vqgan.source == "url" and vqgan.location in standins.URLS, name
         assert vqgan.location.startswith("https://heibox.uni-heidelberg.de/d/") and set(vqgan.files) == {"ckpt", "config"}
         assert clip.source == "hub" and clip.location == CLIPS[name] and clip.location in standins.HUB
+        assert p.components["clip_2"].location == SECOND_CLIPS[name] if name in SECOND_CLIPS else "clip_2" not in p.components
         assert "(downloads)" in p.label and p.download_mb > 300, name
 
 
@@ -91,6 +94,11 @@ def test_standin_preset_loads_like_the_download_and_draws(registry, preset):
     assert [s.previews["current"].size for s in steps] == [size] * 3
     assert final.meta["preset"] == preset and final.meta["iterations_done"] == 3
     assert final.meta["models"]["clip"]["key"] == f"clip:hub:{CLIPS[preset]}"
+    if preset in SECOND_CLIPS:
+        assert final.meta["models"]["clip_2"]["key"] == f"clip:hub:{SECOND_CLIPS[preset]}"
+        assert final.meta["models"]["clip_2"]["weights_id"]
+    else:
+        assert "clip_2" not in final.meta["models"]
     assert final.meta["models"]["vqgan"]["key"] == p.components["vqgan"].key
     assert final.meta["models"]["vqgan"]["weights_id"]          # the file in the URL cache, hashed
 
