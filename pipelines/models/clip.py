@@ -195,7 +195,7 @@ class CLIP(nn.Module):
         return img @ txt.t()
 
 
-class CLIPEnsemble(nn.Module):
+class CLIPEnsemble:
     """Several CLIPs judging as one, as Disco Diffusion and pixray let a picture answer to several CLIPs at
     once: a picture that fools one CLIP seldom fools a second trained differently.
 
@@ -203,16 +203,16 @@ class CLIPEnsemble(nn.Module):
     concatenated. The result has unit norm, and the squared chord between two such embeddings is the
     weighted mean of the members' squared chords, so VQGAN+CLIP's spherical-distance loss (and a cosine)
     sees every member at once with no change to the loop. Pictures come at the first member's input
-    size; the others resize them to theirs."""
+    size; the others resize them to theirs. A plain view over the members, not a module: the registry
+    owns them (their device and dtype), and nothing here can move them."""
 
     def __init__(self, members, weights=None):
-        super().__init__()
         if len(members) < 1:
             raise ValueError("A CLIP ensemble needs at least one CLIP.")
         weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
         if len(weights) != len(members) or min(weights) <= 0:
             raise ValueError("A CLIP ensemble needs one positive weight per CLIP.")
-        self.members = nn.ModuleList(members)
+        self.members = tuple(members)
         self.scales = [(w / sum(weights)) ** 0.5 for w in weights]
 
     @property
@@ -233,14 +233,6 @@ class CLIPEnsemble(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, sum of the members' dims), unit norm; differentiable."""
         return self._join([m.encode_image(m.resize(pixels)) for m in self.members])
-
-    def resize(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.members[0].resize(pixels)
-
-    @torch.no_grad()
-    def similarity(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Cosine similarity (N_images, N_texts): the weighted mean of the members' cosines."""
-        return self.encode_image(self.resize(pixels)) @ self.encode_text(texts).t()
 
 
 def _cpu_autocast_twin(model, pixels: torch.Tensor):
