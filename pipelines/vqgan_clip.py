@@ -27,6 +27,9 @@ Where Atelier differs from the reference, on purpose:
   - the cutouts' noise is a setting (`cut_noise`, the reference's fixed 0.1 by default): the shapes preset
     uses 0.03, within the noise its CLIP was trained on (up to 0.05); at 0.1 and 0.3 its pictures came out
     right less often (docs/model-history.md);
+  - a preset may name a second CLIP (`clip_2`, weighted `clip_2_weight` against the first): the loop
+    answers to both at once (`CLIPEnsemble`), as Disco Diffusion users pair CLIPs; a picture that fools
+    one CLIP seldom fools a second trained differently;
   - random starts (`starts`, off by default): several random latent grids optimised side by side for
     the first `starts_for` iterations, then only the one whose CLIP loss is lowest goes on. Where
     the picture settles early (a background colour, say) and a run stays in the valley it fell in,
@@ -77,6 +80,7 @@ MAX_SIDE = 512
 MAX_SIDE_CPU = 256
 MAX_CUTN = 128
 MAX_STARTS = 16
+MAX_CLIP_2_WEIGHT = 100   # the second CLIP against the first; past this the first hardly counts
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class VQGANCLIPRequest:
     subseed_strength: float = 0.0                  # with the subseed's by this much; 0 = off
     starts: int = 1                                # random starts optimised side by side at first
     starts_for: int = 50                           # iterations before the best start is kept alone
+    clip_2_weight: float = 1.0                     # the preset's second CLIP against its first (1 = equal, 0 = unused)
 
     def replace(self, **kw) -> "VQGANCLIPRequest":
         return dataclasses.replace(self, **kw)
@@ -161,6 +166,7 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     _number("Cutouts", req.cutn, 1, MAX_CUTN, integer=True)
     _number("Cut power", req.cut_pow, 0.01, 10)
     _number("Cutout noise", req.cut_noise, 0, 1)
+    _number("Second CLIP's weight", req.clip_2_weight, 0, MAX_CLIP_2_WEIGHT)
     _number("Init weight", req.init_weight, 0, 1e4)
     _number("Preview every", req.preview_every, AUTO, 10**6, integer=True)
     _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
@@ -209,10 +215,15 @@ def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop, re
     preset = load_preset(req.preset)
     roles = ENGINE_SPEC.components(preset)
     check_size(req, registry.device)          # before any download or load: a 2048x2048 request costs nothing
+    # a preset's second CLIP (`clip_2`) judges beside the first, weighted `clip_2_weight` to the first's 1: the
+    # loop answers to both at once (weight 0: the first alone, and the second is not loaded)
+    w2 = _number("Second CLIP's weight", req.clip_2_weight, 0, MAX_CLIP_2_WEIGHT)
+    if w2 == 0:
+        roles.pop("clip_2", None)
     with registry.use(*roles.values()) as loaded:
         models = dict(zip(roles, loaded))
-        # a preset's second CLIP (`clip_2`) judges beside the first: the loop answers to both at once
-        clip = CLIPEnsemble([models["clip"], models["clip_2"]]) if "clip_2" in models else models["clip"]
+        clip = CLIPEnsemble([models["clip"], models["clip_2"]], weights=[1.0, w2]) if "clip_2" in models \
+            else models["clip"]
         info = {"preset": preset.name, "models": registry.describe(**roles)}
         yield from optimise(req, models["vqgan"], clip, registry.device, should_stop, info, resume, max_steps)
 
@@ -454,7 +465,8 @@ ENGINE_SPEC = Engine(
     needs=(("vqgan", "clip"),), kinds={"vqgan": ("vqgan",)},   # a VQGAN it can encode and optimise (not min-dalle's decoder)
     optional=("clip_2",),                                      # a second CLIP judging beside the first (CLIPEnsemble)
     limits={"iterations": (1, MAX_ITERATIONS), "width": (1, MAX_SIDE), "height": (1, MAX_SIDE), "cutn": (1, MAX_CUTN),
-            "subseed_strength": (0, 1), "starts": (1, MAX_STARTS), "cut_noise": (0, 1)},
+            "subseed_strength": (0, 1), "starts": (1, MAX_STARTS), "cut_noise": (0, 1),
+            "clip_2_weight": (0, MAX_CLIP_2_WEIGHT)},
     choices={"optimiser": tuple(OPTIMISERS), "cut_method": tuple(CUT_METHODS), "precision": tuple(PRECISIONS)},
     image_fields=("image_prompts", "init_image"),
     parse={"image_prompts": image_prompts_from, "noise_prompts": noise_prompts_from,
@@ -467,7 +479,9 @@ ENGINE_SPEC = Engine(
     # an iteration: decode, cutouts, CLIP; its cost grows with the picture's area and the cutouts
     work=lambda req: (req.iterations + (req.starts - 1) * min(req.starts_for, req.iterations))
     * max(1.0, req.width * req.height / 1024) * max(1.0, req.cutn / 16),
-    cost=(0.04, 0.031),       # measured: shapes preset, one CPU thread (pipelines/estimate.py)
+    # measured: shapes preset, one CPU thread (pipelines/estimate.py); its second CLIP makes a run 1.52x as long
+    # (25.8 against 17.0 s, one process, weight 0.5 against 0), so 0.031 became 0.047
+    cost=(0.04, 0.047),
     # held at once: the decoder's activations (with gradients) grow with the area, CLIP's with the cutouts
     memory_work=lambda req: req.starts * (req.width * req.height / 1024 + req.cutn / 3),
     memory_cost=5.5 * 2**20,  # measured: peak resident growth, shapes preset, CPU (pipelines/estimate.py)

@@ -69,8 +69,8 @@ def test_choosing_a_preset_sets_its_settings_and_the_engines_defaults_for_the_re
     from pipelines.presets import load_preset
     from ui.tab import preset_values
 
-    keys = ["starts", "starts_for", "cut_noise", "width", "augments"]
-    assert preset_values(ENGINES["vqgan_clip"], load_preset("shapes"), keys) == [4, 50, 0.03, 32, ["Af"]]
+    keys = ["starts", "starts_for", "cut_noise", "clip_2_weight", "width", "augments"]
+    assert preset_values(ENGINES["vqgan_clip"], load_preset("shapes"), keys) == [4, 50, 0.03, 0.5, 32, ["Af"]]
     imagenet = load_preset("imagenet").defaults["vqgan_clip"]
     assert preset_values(ENGINES["vqgan_clip"], load_preset("imagenet"), keys) == [
-        1, 50, 0.1, imagenet["width"], list(imagenet["augments"])]
+        1, 50, 0.1, 1.0, imagenet["width"], list(imagenet["augments"])]

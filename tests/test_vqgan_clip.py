@@ -295,3 +295,30 @@ def test_a_presets_second_clip_judges_beside_the_first(registry, monkeypatch):
     assert final.meta["models"]["clip_2"]["key"] == base.components["text_encoder"].key
     generate(E.run(req(preset="shapes-one"), registry))
     assert not isinstance(used[-1], CLIPEnsemble) and "clip_2" not in E.ENGINE_SPEC.components(one)
+
+
+def test_the_second_clips_weight_sets_its_say_and_zero_leaves_it_out(registry, monkeypatch):
+    """`clip_2_weight` is the second CLIP's weight against the first's 1 (the ensemble's shares follow it, the
+    PNG settings carry it); at 0 the first CLIP steers alone and the second is neither loaded nor named; a
+    weight outside 0..100 is refused with its name."""
+    from pipelines.models.clip import CLIPEnsemble
+    from pipelines.presets import load_preset
+
+    assert "clip_2" in E.ENGINE_SPEC.components(load_preset("shapes"))
+    used = []
+    real = E.optimise
+    monkeypatch.setattr(E, "optimise", lambda req, vqgan, clip, *a: used.append(clip) or real(req, vqgan, clip, *a))
+    final = generate(E.run(req(clip_2_weight=0.5), registry))
+    assert isinstance(used[-1], CLIPEnsemble)
+    assert used[-1].scales == pytest.approx([(1 / 1.5) ** 0.5, (0.5 / 1.5) ** 0.5])
+    assert final.meta["settings"]["clip_2_weight"] == 0.5 and "clip_2" in final.meta["models"]
+    asked = []
+    real_use = registry.use
+    monkeypatch.setattr(registry, "use", lambda *specs: asked.append(specs) or real_use(*specs))
+    final = generate(E.run(req(clip_2_weight=0), registry))
+    assert load_preset("shapes").components["clip_2"] not in asked[-1]
+    assert not isinstance(used[-1], CLIPEnsemble) and used[-1] is registry.get(load_preset("shapes").components["clip"])
+    assert "clip_2" not in final.meta["models"]
+    for bad in (-1, 101, float("nan"), "half"):
+        with pytest.raises(ValueError, match="Second CLIP's weight"):
+            generate(E.run(req(clip_2_weight=bad), registry))

@@ -20,7 +20,7 @@ EXAMPLES = [[EXAMPLE],
 RUN_FIELDS = ["preset", "prompt", "seed", "width", "height", "iterations", "preview_every", "targets",
               "target_weights", "init_image", "init_weight", "noise_seeds", "noise_weights", "lr", "optimiser", "cutn",
               "cut_pow", "cut_method", "augments", "change_prompt_every", "precision", "starts", "starts_for",
-              "cut_noise"]   # new fields go last: the endpoint's positional order stays
+              "cut_noise", "clip_2_weight"]   # new fields go last: the endpoint's positional order stays
 OUTPUTS = ("preview", "status", "final", "video", "files", "settings")
 
 
@@ -103,6 +103,10 @@ def build(registry, runs) -> None:
                                                  "on alone (1 = off)"))
                     inp("starts_for", gr.Number(label="Keep the best start after N iterations", value=d["starts_for"],
                                                 precision=0, elem_id="vqc_starts_for"))
+                    inp("clip_2_weight", gr.Number(label="Second CLIP's weight", value=d["clip_2_weight"],
+                                                   elem_id="vqc_clip_2_weight",
+                                                   info="presets with two CLIPs: the second's say against the "
+                                                        "first's 1 (0 = the first alone)"))
                 inp("augments", gr.CheckboxGroup(list(AUGMENT_CODES), value=list(d["augments"]),
                                                  label="Augmentations"))
                 inp("precision", gr.Dropdown(list(PRECISIONS), value=d["precision"], label="Precision",
@@ -125,8 +129,9 @@ def build(registry, runs) -> None:
     tab.wire(stop_btn, load=[(f, f) for f in ("preset", "prompt", "seed", "width", "height", "iterations",
                                                "preview_every", "init_weight", "lr", "optimiser", "cutn", "cut_pow",
                                                "cut_method", "cut_noise", "augments", "change_prompt_every",
-                                               "precision", "subseed", "subseed_strength", "starts", "starts_for")],
+                                               "precision", "subseed", "subseed_strength", "starts", "starts_for",
+                                               "clip_2_weight")],
              preset_fields=("width", "height", "iterations", "preview_every", "lr", "cutn", "cut_method", "cut_noise",
-                            "augments", "starts", "starts_for"),
+                            "augments", "starts", "starts_for", "clip_2_weight"),
              images_named="target images and init image")
     return gen_event

@@ -2,8 +2,12 @@
 one evaluation category, 2 seeds each (the caption's seed and the next), judged. The same runs for every CLIP given,
 so two CLIPs compare pair by pair (the full harness is `python -m lab.eval vqgan_clip`).
 
-    python -m lab.eval.loop_check CLIP_DIR N CATEGORY [field=value ...]
+    python -m lab.eval.loop_check CLIP_DIR[,CLIP_DIR_2] N CATEGORY [field=value ...]
     python -m lab.eval.loop_check presets/weights/shapes-clip-factored 10 "one object"
+    python -m lab.eval.loop_check presets/weights/shapes-clip-factored,presets/weights/shapes-clip-conv 10 "two objects"
+
+Two folders steer together as a preset's `clip` and `clip_2` do (`CLIPEnsemble`), the second weighted by the
+request's `clip_2_weight` (the preset's 0.5 unless a field=value changes it).
 """
 import sys
 
@@ -15,7 +19,7 @@ from lab.eval.__main__ import parse_overrides
 from lab.eval.judge import judge
 from pipelines.engines import ENGINES
 from pipelines.events import Final
-from pipelines.models.clip import load_clip
+from pipelines.models.clip import CLIPEnsemble, load_clip
 from pipelines.models.vqgan_files import from_pretrained
 from pipelines.presets import PRESETS_DIR, load_preset
 from pipelines.vqgan_clip import optimise
@@ -24,13 +28,17 @@ from pipelines.vqgan_clip import optimise
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     spec, preset = ENGINES["vqgan_clip"], load_preset("shapes")
-    clip = load_clip(argv[0]).eval()   # any CLIP folder, not only a preset's: loaded here, not by the registry
+    # any CLIP folders, not only a preset's: loaded here, not by the registry
+    clips = [load_clip(d).eval() for d in argv[0].split(",")]
+    if len(clips) > 2:
+        raise SystemExit("loop_check: one CLIP folder, or two separated by a comma")
     vq = from_pretrained(PRESETS_DIR / "weights" / preset.components["vqgan"].location).eval()
     n, category, overrides = int(argv[1]), argv[2], parse_overrides(argv[3:])
     ok, fails = [], {}
     for e in evalset.load()[category][:n]:
         for s in range(2):
             req = spec.make_request(preset, **overrides, prompt=e["caption"], seed=e.get("seed", 0) + s, preview_every=0)
+            clip = CLIPEnsemble(clips, [1.0, req.clip_2_weight]) if len(clips) == 2 else clips[0]
             out = next(ev for ev in optimise(req, vq, clip, torch.device("cpu")) if isinstance(ev, Final)).images[0]
             v = judge(out, e["caption"])
             ok.append(v.correct)
