@@ -145,6 +145,12 @@ def check_size(req: VQGANCLIPRequest, device) -> None:
         raise ValueError(f"Width and height may be at most {most} pixels {where}; {w:g}x{h:g} was asked for.")
 
 
+def clip_2_weight(req: VQGANCLIPRequest) -> float:
+    """The second CLIP's weight against the first's 1, or a ValueError naming the setting (checked before loading:
+    at 0 the second CLIP is not loaded)."""
+    return _number("Second CLIP's weight", req.clip_2_weight, 0, MAX_CLIP_2_WEIGHT)
+
+
 def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLIPRequest, list[list[P.WeightedPrompt]],
                                                                        list[str]]:
     """Check every field; return the request (iterations capped), the parsed story, and notices."""
@@ -166,7 +172,7 @@ def validate(req: VQGANCLIPRequest, factor: int, device="cpu") -> tuple[VQGANCLI
     _number("Cutouts", req.cutn, 1, MAX_CUTN, integer=True)
     _number("Cut power", req.cut_pow, 0.01, 10)
     _number("Cutout noise", req.cut_noise, 0, 1)
-    _number("Second CLIP's weight", req.clip_2_weight, 0, MAX_CLIP_2_WEIGHT)
+    clip_2_weight(req)
     _number("Init weight", req.init_weight, 0, 1e4)
     _number("Preview every", req.preview_every, AUTO, 10**6, integer=True)
     _number("Change prompt every", req.change_prompt_every, 0, 10**6, integer=True)
@@ -217,7 +223,7 @@ def run(req: VQGANCLIPRequest, registry, should_stop: StopCheck = never_stop, re
     check_size(req, registry.device)          # before any download or load: a 2048x2048 request costs nothing
     # a preset's second CLIP (`clip_2`) judges beside the first, weighted `clip_2_weight` to the first's 1: the
     # loop answers to both at once (weight 0: the first alone, and the second is not loaded)
-    w2 = _number("Second CLIP's weight", req.clip_2_weight, 0, MAX_CLIP_2_WEIGHT)
+    w2 = clip_2_weight(req)
     if w2 == 0:
         roles.pop("clip_2", None)
     with registry.use(*roles.values()) as loaded:

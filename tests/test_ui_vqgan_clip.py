@@ -74,3 +74,13 @@ def test_choosing_a_preset_sets_its_settings_and_the_engines_defaults_for_the_re
     imagenet = load_preset("imagenet").defaults["vqgan_clip"]
     assert preset_values(ENGINES["vqgan_clip"], load_preset("imagenet"), keys) == [
         1, 50, 0.1, 1.0, imagenet["width"], list(imagenet["augments"])]
+
+
+def test_a_bad_second_clip_weight_is_a_clear_message_and_the_next_run_works(client):
+    """A negative weight of the second CLIP is refused in words naming the setting; the server runs on."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Second CLIP's weight must be a number from 0 to 100"):
+        client.predict(*args(clip_2_weight=-1), api_name="/vqgan_clip")
+    preview, status, *_ = client.predict(*args(clip_2_weight=0.5), api_name="/vqgan_clip")
+    assert status.startswith("**Done**")
