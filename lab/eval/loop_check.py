@@ -7,8 +7,9 @@ so two CLIPs compare pair by pair (the full harness is `python -m lab.eval vqgan
     python -m lab.eval.loop_check presets/weights/shapes-clip-factored,presets/weights/shapes-clip-conv 10 "two objects"
     python -m lab.eval.loop_check CLIP_DIR 10 "two objects" --at=50,100,200,300
 
-`--at` also judges each run's picture after those iterations (its preview there; the learning rate does not depend on
-the run's length, so this is what a run of that many iterations draws): one set of runs gives the curve.
+`--at` also judges each run's picture at those iterations (its preview there, the picture that iteration's forward pass
+drew: the learning rate does not depend on the run's length, so this is a run of that many iterations but for its last
+update): one set of runs gives the curve.
 
 Two folders steer together as a preset's `clip` and `clip_2` do (`CLIPEnsemble`), the second weighted by the
 request's `clip_2_weight` (the preset's 0.5 unless a field=value changes it).
