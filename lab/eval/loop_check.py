@@ -41,6 +41,9 @@ def main(argv: list[str]) -> None:
     at = [int(v) for a in argv[3:] if a.startswith("--at=") for v in a[5:].split(",")]
     n, category = int(argv[1]), argv[2]
     overrides = parse_overrides([a for a in argv[3:] if not a.startswith("--at=")])
+    iterations = spec.make_request(preset, **overrides, prompt="x").iterations
+    if any(not 1 <= k <= iterations for k in at):
+        raise SystemExit(f"loop_check: --at takes iterations from 1 to the run's {iterations}, got {at}")
     ok, fails, curve = [], {}, {k: [] for k in at}
     for e in evalset.load()[category][:n]:
         for s in range(2):
